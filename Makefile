@@ -1,0 +1,27 @@
+# The two commands are `make run` and `make test`; both do every set-up step themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+# Re-install only when requirements.txt changes; the stamp records the last good install.
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+run: install
+	@bash scripts/run.sh
+
+test: install
+	@bash scripts/test.sh $(ARGS)
+
+bench: install
+	@bash scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) .run staticfiles

@@ -1,0 +1,105 @@
+"""Turning a funnel table into Step rows: plan, re-plan, cancel."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Max, QuerySet
+from django.utils import timezone
+
+from drip.models import Event, Registration, Step
+from drip.scheduler import schedule_steps
+
+from .funnels import PRE_EVENT, Funnel, FunnelStep, scaled
+
+log = logging.getLogger("campaigns.planning")
+
+
+def build_step(
+    funnel: Funnel, definition: FunnelStep, registration_id: int, anchor: datetime, now: datetime, version: int = 1
+) -> Step:
+    due = now if definition.offset is None else anchor + scaled(definition.offset)
+    first = funnel.is_first(definition)
+    if first and due < now:
+        due = now  # the first step of a funnel goes out at once, however late
+    step = Step(
+        registration_id=registration_id, funnel=funnel.name, key=definition.key, plan_version=version,
+        anchor_at=anchor, due_at=due, expires_at=anchor if funnel.expires_at_anchor else None,
+    )
+    if due < now:
+        step.status = Step.Status.SKIPPED
+        step.reason = f"due at {due.isoformat()}, already past when planned at {now.isoformat()}"
+        step.finished_at = now
+    return step
+
+
+def plan_pre_event_steps(registration: Registration, now: datetime | None = None) -> list[Step]:
+    """Plan the pre-event funnel for a new registration (the `event.enrolled` start)."""
+    now = now or timezone.now()
+    event = registration.event
+    if registration.status != Registration.Status.ACTIVE or event.status != Event.Status.SCHEDULED:
+        return []
+    if event.starts_at <= now:
+        log.info("late enrollment: event already started, no pre-event step planned [registration=%s]", registration.pk)
+        return []
+    steps = [build_step(PRE_EVENT, d, registration.pk, event.starts_at, now) for d in PRE_EVENT.steps]
+    with transaction.atomic():
+        created = schedule_steps(steps)
+    _log_plan(created)
+    return created
+
+
+def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
+    """The event moved: every open pre-event step is cancelled and planned again, as a new
+    plan version, for the new start. Done and skipped steps stay as they were."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        open_steps = list(
+            Step.objects.select_for_update()
+            .filter(registration__event=event, funnel=PRE_EVENT.name, status__in=Step.OPEN)
+            .values_list("id", "registration_id", "key")
+        )
+        if not open_steps:
+            return []
+        cancelled = Step.objects.filter(id__in=[s[0] for s in open_steps], status__in=Step.OPEN).update(
+            status=Step.Status.CANCELLED, finished_at=now,
+            reason=f"event rescheduled to {event.starts_at.isoformat()}: re-planned",
+        )
+        if event.starts_at <= now or event.status != Event.Status.SCHEDULED:
+            log.info("event %s rescheduled into the past: %d open steps cancelled", event.pk, cancelled)
+            return []
+        versions = _latest_versions(s[1] for s in open_steps)
+        steps = [
+            build_step(PRE_EVENT, PRE_EVENT.step(key), reg_id, event.starts_at, now, versions[(reg_id, key)] + 1)
+            for _, reg_id, key in open_steps
+        ]
+        created = schedule_steps(steps)
+    log.info("event %s rescheduled to %s: %d steps re-planned", event.pk, event.starts_at.isoformat(), len(created))
+    return created
+
+
+def _latest_versions(registration_ids: Iterable[int]) -> dict[tuple[int, str], int]:
+    rows = (
+        Step.objects.filter(registration_id__in=set(registration_ids))
+        .values("registration_id", "key")
+        .annotate(latest=Max("plan_version"))
+    )
+    return {(r["registration_id"], r["key"]): r["latest"] for r in rows}
+
+
+def cancel_open_steps(steps: QuerySet[Step], reason: str, now: datetime | None = None) -> int:
+    """Cancel every pending or enqueued step of the queryset; running ones re-validate anyway."""
+    return steps.filter(status__in=Step.OPEN).update(
+        status=Step.Status.CANCELLED, reason=reason, finished_at=now or timezone.now()
+    )
+
+
+def _log_plan(steps: list[Step]) -> None:
+    for step in steps:
+        extra = f" ({step.reason})" if step.reason else ""
+        log.info(
+            "planned %s/%s due %s: %s%s [registration=%s step=%s]",
+            step.funnel, step.key, step.due_at.isoformat(), step.status, extra, step.registration_id, step.pk,
+        )

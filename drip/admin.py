@@ -1,0 +1,186 @@
+"""The operator's console: contacts (with their consent history), events, registrations,
+and the read-only audit of steps and messages."""
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+
+from .consent import has_consent, latest_record, record_consent
+from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
+from .validation import normalize_phone
+
+
+class ConsentInline(admin.TabularInline):
+    model = ConsentRecord
+    extra = 0
+    can_delete = False
+    fields = ("created_at", "channel", "granted", "source", "detail", "reason")
+    readonly_fields = fields
+    verbose_name_plural = "Consent history (newest first)"
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ContactForm(forms.ModelForm):
+    email_consent = forms.BooleanField(required=False, label="Email consent")
+    sms_consent = forms.BooleanField(required=False, label="SMS consent")
+    consent_reason = forms.CharField(
+        required=False, label="Reason for a consent change",
+        help_text="Required to lift a suppression that came from the recipient (STOP, unsubscribe, bounce).",
+    )
+
+    class Meta:
+        model = Contact
+        fields = ["external_id", "email", "phone", "first_name", "last_name", "timezone"]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["email_consent"].initial = has_consent(self.instance, Channel.EMAIL)
+            self.fields["sms_consent"].initial = has_consent(self.instance, Channel.SMS)
+
+    def clean_phone(self) -> str:
+        return normalize_phone(self.cleaned_data.get("phone", ""))
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.instance.pk:
+            for channel in (Channel.EMAIL, Channel.SMS):
+                wanted = cleaned.get(f"{channel}_consent")
+                current = latest_record(self.instance, channel)
+                if wanted and current is not None and current.is_suppression and not cleaned.get("consent_reason", "").strip():
+                    self.add_error(
+                        "consent_reason",
+                        f"{channel} was revoked by the recipient ({current.detail or current.source}); give a reason to lift it.",
+                    )
+        return cleaned
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    form = ContactForm
+    list_display = ("external_id", "email", "phone", "first_name", "last_name", "timezone")
+    search_fields = ("external_id", "email", "phone", "first_name", "last_name")
+    inlines = [ConsentInline]
+    actions = ["enroll_in_event"]
+
+    def save_model(self, request: HttpRequest, obj: Contact, form: ContactForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        for channel in (Channel.EMAIL, Channel.SMS):
+            wanted = form.cleaned_data.get(f"{channel}_consent", False)
+            if wanted != has_consent(obj, channel) and (change or wanted):
+                record_consent(
+                    obj, channel, wanted, ConsentRecord.Source.ADMIN,
+                    detail=f"admin:{request.user.get_username()}", reason=form.cleaned_data.get("consent_reason", ""),
+                )
+
+    @admin.action(description="Enroll in event…")
+    def enroll_in_event(self, request: HttpRequest, queryset: QuerySet[Contact]) -> HttpResponse | None:
+        form = EnrollForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            event = form.cleaned_data["event"]
+            created, existing = enroll_contacts(queryset, event)
+            self.message_user(
+                request, f"Enrolled {created} contact(s) in {event.title}; {existing} already registered.", messages.SUCCESS
+            )
+            return None
+        return render(
+            request, "admin/drip/enroll_in_event.html",
+            {**self.admin_site.each_context(request), "contacts": queryset, "form": form,
+             "title": "Enroll contacts in an event", "opts": self.model._meta},
+        )
+
+
+class EnrollForm(forms.Form):
+    event = forms.ModelChoiceField(queryset=Event.objects.filter(status=Event.Status.SCHEDULED))
+
+
+def enroll_contacts(contacts: QuerySet[Contact], event: Event) -> tuple[int, int]:
+    created = existing = 0
+    for contact in contacts:
+        try:
+            with transaction.atomic():
+                Registration.objects.create(
+                    contact=contact, event=event, external_id=f"admin-{event.pk}-{contact.pk}"
+                )
+            created += 1
+        except IntegrityError:
+            existing += 1
+    return created, existing
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ("title", "external_id", "starts_at", "timezone", "status", "completed_at")
+    list_filter = ("status",)
+    search_fields = ("title", "external_id")
+    actions = ["cancel_events"]
+
+    @admin.action(description="Cancel selected events (stops their pending steps)")
+    def cancel_events(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+        count = 0
+        for event in queryset.exclude(status=Event.Status.CANCELLED):
+            event.status = Event.Status.CANCELLED
+            event.save()  # the signal cancels the pending steps
+            count += 1
+        self.message_user(request, f"Cancelled {count} event(s).")
+
+
+class StepInline(admin.TabularInline):
+    model = Step
+    extra = 0
+    can_delete = False
+    fields = ("funnel", "key", "plan_version", "due_at", "status", "reason", "attempts")
+    readonly_fields = fields
+    ordering = ("due_at", "id")
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Registration)
+class RegistrationAdmin(admin.ModelAdmin):
+    list_display = ("external_id", "contact", "event", "status", "attended", "created_at")
+    list_filter = ("status", "attended")
+    search_fields = ("external_id", "contact__email", "event__title")
+    autocomplete_fields = ("contact",)
+    inlines = [StepInline]
+    actions = ["cancel_registrations"]
+
+    @admin.action(description="Cancel selected registrations (stops their pending steps)")
+    def cancel_registrations(self, request: HttpRequest, queryset: QuerySet[Registration]) -> None:
+        count = 0
+        for registration in queryset.filter(status=Registration.Status.ACTIVE):
+            registration.status = Registration.Status.CANCELLED
+            registration.cancelled_at = timezone.now()
+            registration.save()  # the signal cancels the pending steps
+            count += 1
+        self.message_user(request, f"Cancelled {count} registration(s).")
+
+
+@admin.register(Step)
+class StepAdmin(admin.ModelAdmin):
+    list_display = ("id", "registration", "funnel", "key", "plan_version", "due_at", "status", "reason")
+    list_filter = ("status", "funnel", "key")
+    search_fields = ("registration__external_id", "registration__contact__email")
+    readonly_fields = [f.name for f in Step._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("id", "contact", "template_type", "channel", "status", "attempts", "sent_at", "error")
+    list_filter = ("status", "channel", "template_type")
+    search_fields = ("contact__email", "contact__phone", "provider_message_id")
+    readonly_fields = [f.name for f in Message._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DripConfig(AppConfig):
+    name = "drip"
+    verbose_name = "Drip engine"

@@ -1,0 +1,134 @@
+"""Channels as transports (after healthchecks' hc/api/transports.py): one small class per
+way of reaching a recipient, and one place (`classify`) that tells a provider error to
+retry from one to give up on."""
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+
+import requests
+from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, AnymailRequestsAPIError
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from .models import Channel, Message
+from .rendering import Rendered
+
+log = logging.getLogger("drip.channels")
+
+# Twilio error codes that no retry can fix.
+TWILIO_INVALID_NUMBER = 21211
+TWILIO_NOT_MOBILE = 21614
+TWILIO_OPTED_OUT = 21610
+TWILIO_PERMANENT = {TWILIO_INVALID_NUMBER, TWILIO_NOT_MOBILE, TWILIO_OPTED_OUT, 21408, 21612}
+PROVIDER_TIMEOUT = 30  # seconds; a provider that hangs must not hold a worker forever
+
+
+class TransportError(Exception):
+    def __init__(self, message: str, permanent: bool = False, revoke_consent: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        # The provider says the recipient opted out: record it as their suppression.
+        self.revoke_consent = revoke_consent
+
+
+def classify(exc: Exception) -> TransportError:
+    """The one place provider errors become "retry" or "give up"."""
+    if isinstance(exc, TransportError):
+        return exc
+    if isinstance(exc, AnymailRecipientsRefused):
+        return TransportError(f"recipient refused: {exc}", permanent=True)
+    if isinstance(exc, TwilioRestException):
+        detail = f"twilio {exc.status} error {exc.code}: {exc.msg}"
+        if exc.code in TWILIO_PERMANENT:
+            return TransportError(detail, permanent=True, revoke_consent=exc.code == TWILIO_OPTED_OUT)
+        return TransportError(detail, permanent=not _transient_status(exc.status))
+    if isinstance(exc, AnymailAPIError):
+        status = exc.status_code if isinstance(exc, AnymailRequestsAPIError) else None
+        if status is None:
+            # No HTTP answer at all (connection refused, timeout): worth another try.
+            return TransportError(f"email provider unreachable: {exc}", permanent=False)
+        return TransportError(f"email provider {status}: {exc}", permanent=not _transient_status(status))
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return TransportError(f"provider unreachable: {exc}", permanent=False)
+    if isinstance(exc, TwilioException):
+        # Newer twilio raises exceptions that are not TwilioRestException; treat unknown
+        # ones as transient so the retry limit, not a guess, ends them.
+        return TransportError(f"twilio: {exc}", permanent=False)
+    return TransportError(f"{type(exc).__name__}: {exc}", permanent=False)
+
+
+def _transient_status(status: int | None) -> bool:
+    return status is None or status == 429 or status >= 500
+
+
+class Transport:
+    def send(self, message: Message, rendered: Rendered) -> str:
+        """Send and return the provider's message id, or raise TransportError."""
+        raise NotImplementedError
+
+
+class EmailTransport(Transport):
+    """Django's email backend: anymail (any ESP) in production, the console in development."""
+
+    def send(self, message: Message, rendered: Rendered) -> str:
+        email = EmailMultiAlternatives(
+            subject=rendered.subject, body=rendered.text, to=[message.to],
+            from_email=settings.DEFAULT_FROM_EMAIL, connection=get_connection(fail_silently=False),
+        )
+        if rendered.html:
+            email.attach_alternative(rendered.html, "text/html")
+        email.extra_headers["X-Drip-Message-Id"] = str(message.pk)
+        try:
+            email.send()
+        except Exception as exc:  # classified below, never swallowed
+            raise classify(exc) from exc
+        status = getattr(email, "anymail_status", None)
+        if status is not None and status.message_id:
+            return str(status.message_id)
+        return f"local-{uuid.uuid4().hex}"
+
+
+class ConsoleSmsTransport(Transport):
+    def send(self, message: Message, rendered: Rendered) -> str:
+        sys.stdout.write(f"SMS to {message.to}: {rendered.text}\n")
+        sys.stdout.flush()
+        return f"console-{uuid.uuid4().hex}"
+
+
+class TwilioSmsTransport(Transport):
+    def __init__(self) -> None:
+        self.client = Client(
+            settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN,
+            http_client=TwilioHttpClient(timeout=PROVIDER_TIMEOUT),
+        )
+        # A loopback stub in tests, a regional endpoint or proxy in production.
+        self.client.api.base_url = settings.TWILIO_API_BASE_URL
+
+    def send(self, message: Message, rendered: Rendered) -> str:
+        sender = (
+            {"messaging_service_sid": settings.TWILIO_MESSAGING_SERVICE_SID}
+            if settings.TWILIO_MESSAGING_SERVICE_SID
+            else {"from_": settings.TWILIO_FROM_NUMBER}
+        )
+        try:
+            sent = self.client.messages.create(
+                to=message.to, body=rendered.text,
+                status_callback=f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status/", **sender,
+            )
+        except Exception as exc:  # classified below, never swallowed
+            raise classify(exc) from exc
+        return str(sent.sid)
+
+
+def transport_for(channel: str) -> Transport:
+    if channel == Channel.EMAIL:
+        return EmailTransport()
+    if settings.SMS_BACKEND == "twilio":
+        return TwilioSmsTransport()
+    return ConsoleSmsTransport()

@@ -1,0 +1,108 @@
+"""send_message: the one sender for every channel.
+
+queued → sending (conditional claim) → checks → render → record what will be sent →
+provider call → sent | queued again (transient error, backoff) | failed | skipped.
+Every attempt leaves its count and last error on the Message row.
+"""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .channels import TransportError, transport_for
+from .consent import record_consent
+from .logs import IdsAdapter, message_log
+from .models import Channel, ConsentRecord, Message
+from .policy import message_block
+from .rendering import RenderError, render_message
+
+# A duplicate of an earlier attempt's task must not jump a retry's backoff.
+EARLY_TOLERANCE = timedelta(seconds=1)
+
+
+def send_message(message_id: int) -> None:
+    now = timezone.now()
+    claimed = Message.objects.filter(
+        id=message_id, status=Message.Status.QUEUED, next_attempt_at__lte=now + EARLY_TOLERANCE
+    ).update(status=Message.Status.SENDING, sending_at=None, attempts=F("attempts") + 1, updated_at=now)
+    if not claimed:
+        return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
+    message = Message.objects.select_related("contact", "registration__event", "step").get(id=message_id)
+    log = message_log(message)
+    block = message_block(message, now)
+    if block:
+        _finish(message, block.status, error=block.reason)
+        log.info("%s %s skipped: %s", message.template_type, message.channel, block.reason)
+        return
+    try:
+        rendered = render_message(message)
+    except RenderError as exc:
+        _finish(message, Message.Status.FAILED, error=str(exc))
+        log.error("%s %s failed: %s", message.template_type, message.channel, exc)
+        return
+    message.to = message.contact.address_for(message.channel)
+    Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(
+        to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
+        sending_at=timezone.now(),
+    )
+    # Checked again right before the provider call: nothing goes out after expiry.
+    if message.expires_at is not None and timezone.now() >= message.expires_at:
+        _finish(message, Message.Status.SKIPPED, error=f"expired at {message.expires_at.isoformat()}")
+        log.info("%s %s skipped: expired before the provider call", message.template_type, message.channel)
+        return
+    try:
+        provider_id = transport_for(message.channel).send(message, rendered)
+    except TransportError as exc:
+        _on_transport_error(message, exc, log)
+        return
+    sent_at = timezone.now()
+    _finish(message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error="")
+    log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
+
+
+def _finish(message: Message, status: str, **fields: object) -> bool:
+    return bool(
+        Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(
+            status=status, updated_at=timezone.now(), **fields
+        )
+    )
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff with jitter, in real seconds (never divided by DRIP_TIME_SCALE)."""
+    base = min(settings.DRIP_RETRY_MAX_DELAY, settings.DRIP_RETRY_BASE_DELAY * 2 ** (attempt - 1))
+    return base * random.uniform(0.5, 1.0)
+
+
+def _on_transport_error(message: Message, exc: TransportError, log: IdsAdapter) -> None:
+    attempts = Message.objects.values_list("attempts", flat=True).get(id=message.id)
+    if exc.revoke_consent:
+        record_consent(
+            message.contact, Channel.SMS, False, ConsentRecord.Source.PROVIDER,
+            detail="twilio:21610", reason=exc.message,
+        )
+    if exc.permanent or attempts >= settings.DRIP_SEND_MAX_ATTEMPTS:
+        why = "permanent" if exc.permanent else f"gave up after {attempts} attempts"
+        _finish(message, Message.Status.FAILED, error=f"{exc.message} ({why})")
+        log.error("%s %s failed (%s): %s", message.template_type, message.channel, why, exc.message)
+        return
+    delay = retry_delay(attempts)
+    _schedule_retry(message, exc.message, timezone.now() + timedelta(seconds=delay), delay)
+    log.warning("%s %s attempt %d failed, retry in %.1fs: %s", message.template_type, message.channel, attempts, delay, exc.message)
+
+
+def _schedule_retry(message: Message, error: str, at: datetime, delay: float) -> None:
+    from .tasks import send_message as send_task
+
+    with transaction.atomic():
+        # The row is the timer here too: if this countdown task is lost, the reconciler
+        # re-enqueues the message once next_attempt_at has passed.
+        if Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(
+            status=Message.Status.QUEUED, next_attempt_at=at, sending_at=None, error=error, updated_at=timezone.now()
+        ):
+            transaction.on_commit(lambda: send_task.apply_async((message.id,), countdown=delay))

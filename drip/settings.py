@@ -1,0 +1,185 @@
+"""Drip settings: every knob comes from the environment (see DESIGN.md / README "Configuration").
+
+Development works with no environment at all when DEBUG=1; production settings that are
+missing stop the process at start-up with one sentence naming the variable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), not {value!r}")
+
+
+def env_float(name: str, default: float, minimum: float | None = None) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {raw!r}")
+    return value
+
+
+DEBUG = env_bool("DEBUG")
+SECRET_KEY = os.environ.get("SECRET_KEY") or ""
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (set DEBUG=1 for development).")
+    SECRET_KEY = "dev-only-insecure-secret-key"
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "").split(",") if h.strip()]
+if DEBUG and not ALLOWED_HOSTS:
+    ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "anymail",
+    "drip",
+    "campaigns",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "drip.urls"
+WSGI_APPLICATION = "drip.wsgi.application"
+
+# Django templates serve the admin; message templates are Jinja2 and have their own
+# sandboxed environment (drip/rendering.py), so they are not listed here.
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # web, worker and beat share one file in development: wait for locks instead of failing,
+    # and give the test database a file so the worker thread in tests sees the same data.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".run" / "test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS: list[dict] = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Redis / Celery -------------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# An unacknowledged task comes back after this long; the durable timer keeps every ETA far
+# below it (DRIP_ENQUEUE_HORIZON), so no task is ever delivered twice just for waiting.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- Drip engine ----------------------------------------------------------------------
+DRIP_TIME_SCALE = env_float("DRIP_TIME_SCALE", 1.0)
+if DRIP_TIME_SCALE <= 0:
+    raise ImproperlyConfigured("DRIP_TIME_SCALE must be greater than 0.")
+# Steps due within this many (real) seconds are handed to Celery with an ETA; later ones wait
+# in the database until the dispatcher brings them into the horizon.
+DRIP_ENQUEUE_HORIZON = env_float("DRIP_ENQUEUE_HORIZON", 300.0, minimum=1)
+DRIP_DISPATCH_INTERVAL = env_float("DRIP_DISPATCH_INTERVAL", 5.0, minimum=0.5)
+DRIP_RECONCILE_INTERVAL = env_float("DRIP_RECONCILE_INTERVAL", 30.0, minimum=1)
+# A step or message left behind longer than this (real seconds) is taken as a lost enqueue.
+DRIP_RECONCILE_GRACE = env_float("DRIP_RECONCILE_GRACE", 120.0, minimum=0.1)
+# A message whose provider call began this long ago without an outcome is failed as
+# "outcome unknown" rather than sent twice.
+DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 600.0, minimum=1)
+DRIP_SEND_MAX_ATTEMPTS = int(env_float("DRIP_SEND_MAX_ATTEMPTS", 5, minimum=1))
+DRIP_RETRY_BASE_DELAY = env_float("DRIP_RETRY_BASE_DELAY", 10.0, minimum=0)
+DRIP_RETRY_MAX_DELAY = env_float("DRIP_RETRY_MAX_DELAY", 600.0, minimum=0)
+DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
+PUBLIC_BASE_URL = (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
+MESSAGE_TEMPLATES_DIR = BASE_DIR / "templates" / "messages"
+
+# --- Email ----------------------------------------------------------------------------
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL") or "events@example.com"
+ANYMAIL = {
+    name[len("ANYMAIL_"):]: value for name, value in os.environ.items() if name.startswith("ANYMAIL_") and value
+}
+
+# --- SMS ------------------------------------------------------------------------------
+SMS_BACKEND = os.environ.get("SMS_BACKEND") or "console"
+TWILIO_ACCOUNT_SID = os.environ.get("TWILIO_ACCOUNT_SID") or ""
+TWILIO_AUTH_TOKEN = os.environ.get("TWILIO_AUTH_TOKEN") or ""
+TWILIO_FROM_NUMBER = os.environ.get("TWILIO_FROM_NUMBER") or ""
+TWILIO_MESSAGING_SERVICE_SID = os.environ.get("TWILIO_MESSAGING_SERVICE_SID") or ""
+TWILIO_API_BASE_URL = (os.environ.get("TWILIO_API_BASE_URL") or "https://api.twilio.com").rstrip("/")
+if SMS_BACKEND not in ("console", "twilio"):
+    raise ImproperlyConfigured(f"SMS_BACKEND must be 'console' or 'twilio', not {SMS_BACKEND!r}.")
+if SMS_BACKEND == "twilio":
+    missing = [n for n in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN") if not globals()[n]]
+    if not (TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID):
+        missing.append("TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
+    if missing:
+        raise ImproperlyConfigured("SMS_BACKEND=twilio needs " + ", ".join(missing) + " to be set.")
+
+# --- Logging: one line per step/message event, each carrying registration/step/message ids.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "drip": {"handlers": ["console"], "level": os.environ.get("DRIP_LOG_LEVEL", "INFO"), "propagate": False},
+        "campaigns": {"handlers": ["console"], "level": os.environ.get("DRIP_LOG_LEVEL", "INFO"), "propagate": False},
+    },
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# make run: migrations, demo data on first run, then web + worker + beat + flower under honcho.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/redis_up.sh
+redis_up keep-default-port
+export DEBUG="${DEBUG:-1}"
+export PATH="$PWD/.venv/bin:$PATH"
+python manage.py migrate --noinput
+python manage.py collectstatic --noinput >/dev/null
+python manage.py bootstrap_demo
+echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ (demo login admin / admin), Flower http://127.0.0.1:5555" >&2
+exec honcho start

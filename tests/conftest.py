@@ -1,0 +1,85 @@
+"""Real components: a Celery worker thread on the real Redis, the real database, and the
+real anymail / twilio clients talking HTTP to a loopback stub."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+from django.conf import settings as django_settings
+
+from celery_app import app as celery_app_instance
+from tests.stubs import ProviderStub
+
+
+@pytest.fixture(scope="session")
+def stub() -> Iterator[ProviderStub]:
+    server = ProviderStub()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def providers(settings, stub: ProviderStub) -> ProviderStub:
+    """Production backends (anymail Postmark, twilio) pointed at the loopback stub."""
+    stub.reset()
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "test-server-token", "POSTMARK_API_URL": stub.url + "/"}
+    settings.SMS_BACKEND = "twilio"
+    settings.TWILIO_ACCOUNT_SID = "ACtest"
+    settings.TWILIO_AUTH_TOKEN = "test-auth-token"
+    settings.TWILIO_FROM_NUMBER = "+15005550006"
+    settings.TWILIO_API_BASE_URL = stub.url
+    settings.DRIP_RETRY_BASE_DELAY = 0.2
+    settings.DRIP_RETRY_MAX_DELAY = 1.0
+    return stub
+
+
+def flush_broker() -> None:
+    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
+
+
+@pytest.fixture
+def celery_app():
+    return celery_app_instance
+
+
+@pytest.fixture
+def worker(transactional_db, providers, celery_app) -> Iterator[object]:
+    flush_broker()
+    with start_worker(
+        celery_app, pool="threads", concurrency=4, perform_ping_check=False,
+        queues=["steps", "messages"], shutdown_timeout=30, loglevel="WARNING",
+    ) as w:
+        yield w
+    flush_broker()
+
+
+class Ticker:
+    """What beat does in production: sends the dispatch and reconcile tasks on a timer,
+    through the broker, to the worker."""
+
+    def __init__(self, interval: float) -> None:
+        from drip.tasks import dispatch_due_steps, reconcile
+
+        self.interval = interval
+        self.stop = threading.Event()
+        self.tasks = (dispatch_due_steps, reconcile)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for task in self.tasks:
+                task.delay()
+
+
+@pytest.fixture
+def beat(worker, settings) -> Iterator[Ticker]:
+    settings.DRIP_RECONCILE_GRACE = 1.0
+    ticker = Ticker(0.2)
+    ticker.thread.start()
+    yield ticker
+    ticker.stop.set()
+    ticker.thread.join()

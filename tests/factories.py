@@ -1,0 +1,38 @@
+"""Small builders for a test world: contacts with consent, events, registrations."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from itertools import count
+
+from django.utils import timezone
+
+from drip.consent import record_consent
+from drip.models import Channel, ConsentRecord, Contact, Event, Registration
+
+_seq = count(1)
+
+
+def make_contact(email_consent: bool = True, sms_consent: bool = True, phone: str = "+14155550123", **fields: object) -> Contact:
+    n = next(_seq)
+    data = {"external_id": f"c{n}", "email": f"person{n}@example.com", "phone": phone, "first_name": f"Person{n}",
+            "timezone": "America/New_York"}
+    data.update(fields)
+    contact = Contact.objects.create(**data)
+    if email_consent:
+        record_consent(contact, Channel.EMAIL, True, ConsentRecord.Source.API, detail="test")
+    if sms_consent:
+        record_consent(contact, Channel.SMS, True, ConsentRecord.Source.API, detail="test")
+    return contact
+
+
+def make_event(starts_in: float = 3600 * 48, starts_at: datetime | None = None, **fields: object) -> Event:
+    n = next(_seq)
+    data = {"external_id": f"e{n}", "title": f"Webinar {n}", "timezone": "America/New_York",
+            "join_url": f"https://example.com/join/{n}",
+            "starts_at": starts_at or timezone.now() + timedelta(seconds=starts_in)}
+    data.update(fields)
+    return Event.objects.create(**data)
+
+
+def enroll(contact: Contact, event: Event) -> Registration:
+    return Registration.objects.create(contact=contact, event=event, external_id=f"r{next(_seq)}")

@@ -1,0 +1,122 @@
+"""A loopback stand-in for Postmark and Twilio: the real anymail backend and the real
+twilio client talk HTTP to it, and tests assert on what it received."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+
+@dataclass
+class Received:
+    kind: str  # "email" or "sms"
+    at: float  # time.time() when the request arrived
+    to: str
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+    provider_id: str = ""
+
+
+@dataclass
+class Failure:
+    status: int
+    body: dict[str, Any]
+
+
+class ProviderStub:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.failures: dict[str, list[Failure]] = {"email": [], "sms": []}
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if self.path.rstrip("/").endswith("/email"):
+                    status, body = stub._postmark(raw)
+                elif "/Messages.json" in self.path:
+                    status, body = stub._twilio(raw)
+                else:
+                    status, body = 404, {"error": f"no route {self.path}"}
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.received.clear()
+            self.failures = {"email": [], "sms": []}
+
+    def fail_next(self, kind: str, status: int, body: dict[str, Any] | None = None) -> None:
+        with self.lock:
+            self.failures[kind].append(Failure(status, body or {}))
+
+    def _next_failure(self, kind: str) -> Failure | None:
+        with self.lock:
+            return self.failures[kind].pop(0) if self.failures[kind] else None
+
+    def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        data = json.loads(raw)
+        failure = self._next_failure("email")
+        if failure:
+            return failure.status, failure.body or {"ErrorCode": 500, "Message": "stub failure"}
+        message_id = str(uuid.uuid4())
+        headers = {h["Name"]: h["Value"] for h in data.get("Headers", [])}
+        with self.lock:
+            self.received.append(
+                Received("email", time.time(), data.get("To", ""), data.get("Subject", ""), data.get("TextBody", ""),
+                         data.get("HtmlBody", ""), headers, data, message_id)
+            )
+        return 200, {"To": data.get("To"), "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": message_id,
+                     "ErrorCode": 0, "Message": "OK"}
+
+    def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        failure = self._next_failure("sms")
+        if failure:
+            return failure.status, failure.body or {"code": 20500, "message": "stub failure", "status": failure.status}
+        sid = "SM" + uuid.uuid4().hex
+        with self.lock:
+            self.received.append(Received("sms", time.time(), form.get("To", ""), text=form.get("Body", ""), raw=form, provider_id=sid))
+        return 201, {"sid": sid, "status": "queued", "to": form.get("To"), "from": form.get("From"), "body": form.get("Body"),
+                     "account_sid": "ACtest", "num_segments": "1", "direction": "outbound-api"}
+
+    # --- helpers for assertions ---------------------------------------------------
+    def messages(self, kind: str | None = None, to: str | None = None) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if (kind is None or r.kind == kind) and (to is None or r.to == to)]
+
+    def wait_for(self, count: int, timeout: float = 20.0, kind: str | None = None) -> list[Received]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = self.messages(kind)
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} {kind or ''} messages, got {len(self.messages(kind))}: {self.messages(kind)}")
