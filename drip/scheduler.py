@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -82,13 +83,33 @@ def dispatch_due_steps() -> int:
             return total
 
 
+BROKER_MARK = "drip:broker-mark"
+
+
+def broker_was_reset() -> bool:
+    """True when the broker lost its data since the last check (flushed, or restarted
+    without persistence): the mark we leave there is gone. Then every enqueued task is
+    lost and the reconciler re-enqueues them all at once, without waiting for due times."""
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return False
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        return bool(client.set(BROKER_MARK, timezone.now().isoformat(), nx=True))
+    finally:
+        client.close()
+
+
 def reconcile(now: datetime | None = None) -> dict[str, int]:
     """Re-enqueue work whose enqueue was lost. Safe to run at any time, any number of times."""
     now = now or timezone.now()
+    # After a broker reset everything enqueued is lost; otherwise only what is overdue by
+    # more than the grace (a busy worker may still be about to run the rest).
+    everything = broker_was_reset()
     stale = now - timedelta(seconds=settings.DRIP_RECONCILE_GRACE)
     counts = {
-        "steps_reenqueued": _reenqueue_lost_steps(now, stale),
-        "messages_reenqueued": _reenqueue_lost_messages(now, stale),
+        "steps_reenqueued": _reenqueue_lost_steps(now, stale, everything),
+        "messages_reenqueued": _reenqueue_lost_messages(now, stale, everything),
         "messages_unknown": _fail_interrupted_sends(now),
     }
     if any(counts.values()):
@@ -96,12 +117,14 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     return counts
 
 
-def _reenqueue_lost_steps(now: datetime, stale: datetime) -> int:
+def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> int:
     # An enqueued step past its due time by more than the grace never ran: its task was
     # lost. A running step older than the grace died with its worker (a step run takes
     # milliseconds, and its outcome commits atomically with "done", so re-running is safe).
     token = uuid.uuid4().hex
-    lost_enqueued = Step.objects.filter(status=Step.Status.ENQUEUED, due_at__lt=stale, enqueued_at__lt=stale)
+    lost_enqueued = Step.objects.filter(status=Step.Status.ENQUEUED)
+    if not everything:
+        lost_enqueued = lost_enqueued.filter(due_at__lt=stale, enqueued_at__lt=stale)
     lost_running = Step.objects.filter(status=Step.Status.RUNNING, started_at__lt=stale)
     with transaction.atomic():
         n = lost_enqueued.update(enqueued_at=now, dispatch_token=token)
@@ -112,25 +135,26 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime) -> int:
     return n
 
 
-def _reenqueue_lost_messages(now: datetime, stale: datetime) -> int:
+def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -> int:
     from .tasks import send_message
 
-    ids = list(
-        Message.objects.filter(status=Message.Status.QUEUED, next_attempt_at__lt=stale).values_list("id", flat=True)[:CLAIM_BATCH]
-    )
+    queued = Message.objects.filter(status=Message.Status.QUEUED)
+    if not everything:
+        queued = queued.filter(next_attempt_at__lt=stale)
     # A send stuck before its provider call (sending_at unset) never left: send it again.
-    stuck = list(
-        Message.objects.filter(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale).values_list("id", flat=True)[:CLAIM_BATCH]
-    )
-    if stuck:
-        Message.objects.filter(id__in=stuck, status=Message.Status.SENDING, sending_at__isnull=True).update(
+    stuck = Message.objects.filter(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale)
+    with transaction.atomic():
+        lost = dict(queued.values_list("id", "next_attempt_at")[:CLAIM_BATCH])
+        stuck_ids = list(stuck.values_list("id", flat=True)[:CLAIM_BATCH])
+        Message.objects.filter(id__in=stuck_ids, status=Message.Status.SENDING, sending_at__isnull=True).update(
             status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now
         )
-    mine = ids + stuck
-    if mine:
-        Message.objects.filter(id__in=ids, status=Message.Status.QUEUED).update(next_attempt_at=now, updated_at=now)
-        transaction.on_commit(lambda: [send_message.delay(mid) for mid in mine])
-    return len(mine)
+        lost.update((mid, now) for mid in stuck_ids)
+        # Overdue ones get a fresh next_attempt_at so the next run does not pick them again;
+        # one waiting out a retry backoff keeps its time (send_message won't claim it early).
+        Message.objects.filter(id__in=[mid for mid, at in lost.items() if at < now]).update(next_attempt_at=now, updated_at=now)
+        transaction.on_commit(lambda: [send_message.apply_async((mid,), eta=max(at, now)) for mid, at in lost.items()])
+    return len(lost)
 
 
 def _fail_interrupted_sends(now: datetime) -> int:

@@ -12,24 +12,21 @@ from .logs import IdsAdapter, step_log
 from .models import Message, Step
 from .policy import channel_block_reason, step_block
 
-# ETA timers fire a few milliseconds early at worst; anything earlier was woken by mistake.
+# ETA timers fire a few milliseconds early at worst; anything earlier is a stray delivery.
 EARLY_TOLERANCE = timedelta(seconds=1)
 
 
 def run_step(step_id: int) -> None:
     now = timezone.now()
-    claimed = Step.objects.filter(id=step_id, status=Step.Status.ENQUEUED).update(
-        status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1
-    )
+    # Not yet due: a stray early delivery leaves the step to its own ETA task (or, if that
+    # was lost, to the reconciler) instead of stealing the claim.
+    claimed = Step.objects.filter(
+        id=step_id, status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE
+    ).update(status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
     if not claimed:
-        return  # already run, cancelled or re-planned: a duplicate delivery does nothing
+        return  # already run, cancelled, re-planned or not due: a duplicate does nothing
     step = Step.objects.select_related("registration__event", "registration__contact").get(id=step_id)
     log = step_log(step)
-    if step.due_at > now + EARLY_TOLERANCE:
-        # Back to the timer; the dispatcher enqueues it again on time.
-        Step.objects.filter(id=step_id, status=Step.Status.RUNNING).update(status=Step.Status.PENDING)
-        log.warning("step %s woken %.1fs early; returned to the timer", step.key, (step.due_at - now).total_seconds())
-        return
     block = step_block(step, now)
     if block:
         Step.objects.filter(id=step_id, status=Step.Status.RUNNING).update(

@@ -12,8 +12,9 @@ from drip.models import Channel, ConsentRecord, Contact, Event, Registration
 _seq = count(1)
 
 
-def make_contact(email_consent: bool = True, sms_consent: bool = True, phone: str = "+14155550123", **fields: object) -> Contact:
+def make_contact(email_consent: bool = True, sms_consent: bool = True, phone: str | None = None, **fields: object) -> Contact:
     n = next(_seq)
+    phone = f"+1415555{n % 10000:04d}" if phone is None else phone
     data = {"external_id": f"c{n}", "email": f"person{n}@example.com", "phone": phone, "first_name": f"Person{n}",
             "timezone": "America/New_York"}
     data.update(fields)

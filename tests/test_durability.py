@@ -1,0 +1,208 @@
+"""What must survive: duplicate deliveries, racing dispatchers, a flushed Redis, a worker
+killed with SIGKILL. Each message reaches the provider exactly once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.db import connection, connections
+from django.utils import timezone
+
+from drip import scheduler
+from drip.models import Message, Step
+from drip.tasks import run_step, send_message
+from tests.conftest import Ticker, flush_broker
+from tests.factories import enroll, make_contact, make_event
+from tests.test_pre_event_funnel import SCALE, settled, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_each_sent_once(providers, expected: int) -> None:
+    got = providers.messages()
+    assert len(got) == expected, [(r.kind, r.to, r.subject or r.text) for r in got]
+    per_message = Counter((r.kind, r.to, r.subject or r.text) for r in got)
+    assert max(per_message.values()) == 1, per_message
+    assert Message.objects.filter(status=Message.Status.SENT).count() == expected
+
+
+@pytest.fixture
+def scaled(settings):
+    settings.DRIP_TIME_SCALE = SCALE
+    return settings
+
+
+def test_the_same_step_and_message_tasks_delivered_twice_send_once(worker, providers, scaled):
+    registration = enroll(make_contact(), make_event(starts_in=5))
+    steps = list(Step.objects.filter(registration=registration))
+    for step in steps:  # two extra deliveries of every step task, at once
+        run_step.delay(step.id)
+        run_step.delay(step.id)
+    wait_until(lambda: settled(registration))
+    for message in Message.objects.all():
+        send_message.delay(message.id)
+        send_message.delay(message.id)
+    time.sleep(1)
+    assert_each_sent_once(providers, 5)
+    assert all(s.attempts == 1 for s in Step.objects.all())
+
+
+def test_two_dispatchers_at_once_claim_each_step_once(transactional_db, settings):
+    settings.DRIP_ENQUEUE_HORIZON = 1
+    event = make_event(starts_in=3600 * 48)
+    for _ in range(40):
+        enroll(make_contact(), event)
+    # Bring every pending step into the horizon, then race two dispatchers for them.
+    Step.objects.filter(status=Step.Status.PENDING).update(due_at=timezone.now())
+    pending = set(Step.objects.filter(status=Step.Status.PENDING).values_list("id", flat=True))
+    claimed: list[list[int]] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def dispatcher(slot: int) -> None:
+        barrier.wait()
+        for _ in range(5):
+            claimed[slot] += [step_id for step_id, _ in scheduler.claim_due_steps()]
+        connections.close_all()
+
+    threads = [threading.Thread(target=dispatcher, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(pending) == 80
+    assert not set(claimed[0]) & set(claimed[1])
+    assert set(claimed[0]) | set(claimed[1]) == pending
+    flush_broker()  # the claimed tasks were enqueued; no worker here to run them
+
+
+def test_a_flushed_redis_loses_nothing(transactional_db, providers, celery_app, scaled):
+    """Tasks enqueued while no worker runs, then Redis flushed: the reconciler re-enqueues
+    them from the Step rows and every message goes out exactly once."""
+    flush_broker()
+    scaled.DRIP_RECONCILE_GRACE = 1.0
+    registrations = [enroll(make_contact(), make_event(starts_in=7)) for _ in range(3)]
+    assert Step.objects.filter(status=Step.Status.ENQUEUED).count() == 9
+    flush_broker()
+    with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=["steps", "messages"]):
+        ticker = Ticker(0.2)
+        ticker.thread.start()
+        try:
+            wait_until(lambda: all(settled(r) for r in registrations), timeout=30)
+        finally:
+            ticker.stop.set()
+            ticker.thread.join()
+    # The welcomes were due at once and go out late after recovery; they count as sent.
+    assert_each_sent_once(providers, 15)
+
+
+def test_a_restarted_worker_recovers_the_reminders_it_held(worker, providers, celery_app, scaled):
+    scaled.DRIP_RECONCILE_GRACE = 1.0
+    registration = enroll(make_contact(), make_event(starts_in=6))
+    providers.wait_for(1)
+    # The running worker holds the reminders as ETA tasks; stop it and flush Redis too.
+    worker.stop()
+    flush_broker()
+    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["steps", "messages"]):
+        ticker = Ticker(0.2)
+        ticker.thread.start()
+        try:
+            wait_until(lambda: settled(registration), timeout=30)
+        finally:
+            ticker.stop.set()
+            ticker.thread.join()
+    assert_each_sent_once(providers, 5)
+
+
+def test_a_step_left_running_by_a_dead_worker_is_run_again_once(transactional_db, settings):
+    settings.DRIP_RECONCILE_GRACE = 1.0
+    registration = enroll(make_contact(), make_event(starts_in=3600))
+    step = Step.objects.get(registration=registration, key="welcome")
+    long_ago = timezone.now() - timedelta(minutes=5)
+    Step.objects.filter(id=step.id).update(status=Step.Status.RUNNING, started_at=long_ago)
+    assert scheduler.reconcile()["steps_reenqueued"] == 1
+    from drip.steps import run_step as run_step_now
+
+    run_step_now(step.id)
+    run_step_now(step.id)
+    step.refresh_from_db()
+    assert step.status == Step.Status.DONE
+    assert Message.objects.filter(step=step).count() == 1
+    flush_broker()
+
+
+def worker_process(providers, env_extra: dict[str, str]) -> subprocess.Popen:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        database_url = f"sqlite:///{db['NAME']}"
+    else:
+        database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url,
+        "EMAIL_BACKEND": "anymail.backends.postmark.EmailBackend",
+        "ANYMAIL_POSTMARK_SERVER_TOKEN": "test-server-token",
+        "ANYMAIL_POSTMARK_API_URL": providers.url + "/",
+        "SMS_BACKEND": "twilio",
+        "TWILIO_ACCOUNT_SID": "ACtest",
+        "TWILIO_AUTH_TOKEN": "test-auth-token",
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE_URL": providers.url,
+        **env_extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--queues", "steps,messages",
+         "--concurrency", "2", "--loglevel", "WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for_worker(timeout: float = 30) -> None:
+    from celery_app import app
+
+    wait_until(lambda: bool(app.control.ping(timeout=0.3)), timeout=timeout)
+
+
+def test_a_worker_killed_with_sigkill_mid_funnel_still_sends_everything_once(transactional_db, providers, settings):
+    """The worker dies while it holds the 24 h reminders as ETA tasks (claimed, unacknowledged);
+    the 1 h reminders still wait in the database. A new worker and the reconciler finish the
+    funnel: every message once, none lost."""
+    # 1 h of funnel time is 0.5 s here: room for ten sends between the 1 h reminder and the start.
+    knobs = {"DRIP_TIME_SCALE": 7200, "DRIP_RECONCILE_GRACE": 0.5, "DRIP_ENQUEUE_HORIZON": 1}
+    for name, value in knobs.items():
+        setattr(settings, name, value)
+    env = {name: str(value) for name, value in knobs.items()}
+    flush_broker()
+    ticker = Ticker(0.2)
+    ticker.thread.start()
+    first = worker_process(providers, env)
+    second = None
+    try:
+        wait_for_worker()
+        event = make_event(starts_in=16)  # 24 h reminders due at +4 s, 1 h reminders at +15.5 s
+        registrations = [enroll(make_contact(), event) for _ in range(5)]
+        providers.wait_for(5, timeout=30)
+        wait_until(lambda: Step.objects.filter(key="reminder_24h", status=Step.Status.ENQUEUED).count() == 5, timeout=15)
+        assert len(providers.messages()) == 5
+        os.killpg(first.pid, signal.SIGKILL)  # the main process and its pool children, no goodbye
+        first.wait()
+        second = worker_process(providers, env)
+        wait_for_worker()
+        wait_until(lambda: all(settled(r) for r in registrations), timeout=40)
+    finally:
+        ticker.stop.set()
+        ticker.thread.join()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert_each_sent_once(providers, 25)
+    flush_broker()
+
