@@ -1,0 +1,100 @@
+"""The operator's admin: bad input is refused with a clear message, enrolling works."""
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from drip.consent import has_consent, record_consent
+from drip.models import Channel, ConsentRecord, Contact, Event, Registration, Step
+from tests.factories import make_contact, make_event
+
+
+@pytest.fixture
+def operator(client, db):
+    user = get_user_model().objects.create_superuser("op", "op@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def contact_form(**overrides: str) -> dict[str, str]:
+    data = {
+        "external_id": "ada", "email": "ada@example.com", "phone": "+14155550123", "first_name": "Ada",
+        "last_name": "Lovelace", "timezone": "Europe/London", "email_consent": "on",
+        "consents-TOTAL_FORMS": "0", "consents-INITIAL_FORMS": "0",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_it_refuses_an_invalid_phone(operator):
+    response = operator.post("/admin/drip/contact/add/", contact_form(phone="+1 555"))
+    assert response.status_code == 200
+    assert "+1 555 is not a valid phone number" in response.content.decode() or "not a phone number" in response.content.decode()
+    assert not Contact.objects.exists()
+
+
+def test_it_refuses_an_unknown_time_zone(operator):
+    response = operator.post("/admin/drip/contact/add/", contact_form(timezone="Mars/Olympus"))
+    assert "Mars/Olympus is not a known IANA time zone" in response.content.decode()
+    assert not Contact.objects.exists()
+
+
+def test_it_stores_a_national_number_typed_with_spaces_in_e164(operator):
+    response = operator.post("/admin/drip/contact/add/", contact_form(phone="+44 20 7946 0958"))
+    assert response.status_code == 302
+    contact = Contact.objects.get()
+    assert contact.phone == "+442079460958"
+    assert has_consent(contact, Channel.EMAIL) and not has_consent(contact, Channel.SMS)
+    assert contact.consents.get().detail == "admin:op"
+
+
+def test_it_refuses_an_event_in_an_unknown_time_zone(operator):
+    response = operator.post("/admin/drip/event/add/", {
+        "external_id": "e1", "title": "T", "starts_at_0": "2030-01-01", "starts_at_1": "10:00:00",
+        "timezone": "Nowhere/Else", "status": "scheduled",
+    })
+    assert "Nowhere/Else is not a known IANA time zone" in response.content.decode()
+    assert not Event.objects.exists()
+
+
+def test_lifting_a_recipient_suppression_needs_a_reason(operator):
+    contact = make_contact(sms_consent=False)
+    record_consent(contact, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="twilio:STOP")
+    form = contact_form(external_id=contact.external_id, email=contact.email, phone=contact.phone,
+                        timezone=contact.timezone, sms_consent="on")
+    form["consents-INITIAL_FORMS"] = str(contact.consents.count())
+    form["consents-TOTAL_FORMS"] = form["consents-INITIAL_FORMS"]
+    for i, record in enumerate(contact.consents.all()):
+        form[f"consents-{i}-id"] = str(record.pk)
+        form[f"consents-{i}-contact"] = str(contact.pk)
+    response = operator.post(f"/admin/drip/contact/{contact.pk}/change/", form)
+    assert "give a reason to lift it" in response.content.decode()
+    assert not has_consent(contact, Channel.SMS)
+    form["consent_reason"] = "Confirmed by phone call on 2026-11-27"
+    response = operator.post(f"/admin/drip/contact/{contact.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert has_consent(contact, Channel.SMS)
+
+
+def test_enroll_in_event_action_registers_the_selected_contacts(operator, django_capture_on_commit_callbacks):
+    contacts = [make_contact(), make_contact()]
+    event = make_event()
+    ids = [str(c.pk) for c in contacts]
+    page = operator.post("/admin/drip/contact/", {"action": "enroll_in_event", "_selected_action": ids})
+    assert "Enroll contacts in an event" in page.content.decode()
+    with django_capture_on_commit_callbacks(execute=False):
+        done = operator.post("/admin/drip/contact/", {"action": "enroll_in_event", "_selected_action": ids,
+                                                      "event": str(event.pk), "apply": "Enroll"}, follow=True)
+    assert "Enrolled 2 contact(s)" in done.content.decode()
+    assert Registration.objects.filter(event=event).count() == 2
+    assert Step.objects.filter(registration__event=event).count() == 6
+    again = operator.post("/admin/drip/contact/", {"action": "enroll_in_event", "_selected_action": ids,
+                                                   "event": str(event.pk), "apply": "Enroll"}, follow=True)
+    assert "Enrolled 0 contact(s)" in again.content.decode() and "2 already registered" in again.content.decode()
+
+
+def test_the_audit_pages_render(operator):
+    make_contact()
+    for page in ("contact", "event", "registration", "step", "message", "consentrecord"):
+        response = operator.get(f"/admin/drip/{page}/")
+        assert response.status_code in (200, 404), page
