@@ -35,5 +35,8 @@ def _beat_schedule() -> dict:
     }
 
 
-# Registered in code; django-celery-beat's DatabaseScheduler copies it into its tables.
-app.conf.beat_schedule = _beat_schedule()
+@app.on_after_configure.connect
+def _register_beat_schedule(sender: Celery, **kwargs: object) -> None:
+    # Registered in code; django-celery-beat's DatabaseScheduler copies it into its tables.
+    # Deferred to here because Django's settings may still be loading when this module is.
+    sender.conf.beat_schedule = _beat_schedule()

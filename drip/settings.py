@@ -181,5 +181,9 @@ LOGGING = {
     "loggers": {
         "drip": {"handlers": ["console"], "level": os.environ.get("DRIP_LOG_LEVEL", "INFO"), "propagate": False},
         "campaigns": {"handlers": ["console"], "level": os.environ.get("DRIP_LOG_LEVEL", "INFO"), "propagate": False},
+        # The timer tasks run every few seconds; a line per run would bury the ones that matter.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
     },
 }

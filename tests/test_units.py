@@ -130,3 +130,16 @@ def test_the_beat_schedule_is_registered_in_code_and_reaches_the_database_schedu
     assert {e["task"] for e in app.conf.beat_schedule.values()} == {"drip.tasks.dispatch_due_steps", "drip.tasks.reconcile"}
     DatabaseScheduler(app=app)
     assert set(PeriodicTask.objects.values_list("task", flat=True)) >= {"drip.tasks.dispatch_due_steps", "drip.tasks.reconcile"}
+
+
+def test_every_process_enqueues_to_the_configured_broker():
+    """A web process never imports celery_app itself; its tasks must still reach Redis."""
+    code = (
+        "import django; django.setup(); from django.conf import settings; from drip.tasks import run_step; "
+        "print(run_step.app.main, run_step.app.conf.broker_url == settings.CELERY_BROKER_URL)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert result.stdout.split() == ["drip", "True"], result.stderr
