@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from drip.models import Event, Registration, Step
 
+from .completion import replan_post_event
 from .planning import cancel_open_steps, plan_pre_event_steps, replan_pre_event
 
 
@@ -32,8 +33,8 @@ def event_changed(sender: type, instance: Event, created: bool, **kwargs: Any) -
 
 @receiver(pre_save, sender=Registration)
 def remember_registration_before_save(sender: type, instance: Registration, **kwargs: Any) -> None:
-    instance._drip_previous_status = (
-        Registration.objects.filter(pk=instance.pk).values_list("status", flat=True).first() if instance.pk else None
+    instance._drip_previous = (
+        Registration.objects.filter(pk=instance.pk).values("status", "attended").first() if instance.pk else None
     )
 
 
@@ -42,8 +43,10 @@ def registration_saved(sender: type, instance: Registration, created: bool, **kw
     if created:
         plan_pre_event_steps(instance)
         return
-    was = getattr(instance, "_drip_previous_status", None)
-    if instance.status == Registration.Status.CANCELLED and was != Registration.Status.CANCELLED:
+    was = getattr(instance, "_drip_previous", None) or {}
+    if instance.status == Registration.Status.CANCELLED and was.get("status") != Registration.Status.CANCELLED:
         if instance.cancelled_at is None:
             Registration.objects.filter(pk=instance.pk).update(cancelled_at=timezone.now())
         cancel_open_steps(instance.steps.all(), "registration cancelled")
+    elif bool(instance.attended) != bool(was.get("attended")):
+        replan_post_event(instance)  # only acts once the event is completed

@@ -186,6 +186,8 @@ class Message(models.Model):
     registration = models.ForeignKey(Registration, null=True, blank=True, on_delete=models.CASCADE, related_name="messages")
     channel = models.CharField(max_length=10, choices=Channel.choices)
     template_type = models.CharField(max_length=60)
+    # The caller's label for a direct send (the seed's stepType); funnel messages have a step.
+    step_type = models.CharField(max_length=60, blank=True)
     # For direct sends: the caller's key, so repeating a request sends once.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
