@@ -89,9 +89,15 @@ class EmailTransport(Transport):
         except Exception as exc:  # classified below, never swallowed
             raise classify(exc) from exc
         status = getattr(email, "anymail_status", None)
-        if status is not None and status.message_id:
-            return str(status.message_id)
-        return f"local-{uuid.uuid4().hex}"
+        if status is None:  # a plain Django backend (console, SMTP): no provider id
+            return f"local-{uuid.uuid4().hex}"
+        if status.status and status.status <= {"invalid", "rejected", "failed"}:
+            # "rejected" is the ESP's own suppression (hard bounce, complaint): record it as ours.
+            raise TransportError(
+                f"recipient {'/'.join(sorted(status.status))} by the provider", permanent=True,
+                revoke_consent="rejected" in status.status,
+            )
+        return str(status.message_id or f"unknown-{uuid.uuid4().hex}")
 
 
 class ConsoleSmsTransport(Transport):

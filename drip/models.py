@@ -195,6 +195,9 @@ class Message(models.Model):
     subject = models.TextField(blank=True)
     body = models.TextField(blank=True)
     html = models.TextField(blank=True)
+    # SMS only: what the carrier bills (GSM-7 or UCS-2, and how many segments).
+    sms_encoding = models.CharField(max_length=8, blank=True)
+    sms_segments = models.PositiveSmallIntegerField(null=True, blank=True)
     provider_message_id = models.CharField(max_length=200, blank=True, db_index=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)

@@ -7,7 +7,8 @@ Every attempt leaves its count and last error on the Message row.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
+import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -19,7 +20,11 @@ from .consent import record_consent
 from .logs import IdsAdapter, message_log
 from .models import Channel, ConsentRecord, Message
 from .policy import message_block
-from .rendering import RenderError, render_message
+from .ratelimit import reserve_send_slot
+from .rendering import Rendered, RenderError, render_message
+from .sms import sms_segments
+
+SMS_SEGMENTS_WARNING = 2  # past this, a message costs noticeably more: say so in the log
 
 # A duplicate of an earlier attempt's task must not jump a retry's backoff.
 EARLY_TOLERANCE = timedelta(seconds=1)
@@ -45,10 +50,16 @@ def send_message(message_id: int) -> None:
         _finish(message, Message.Status.FAILED, error=str(exc))
         log.error("%s %s failed: %s", message.template_type, message.channel, exc)
         return
+    slot = reserve_send_slot(message.channel)
+    if not slot.reserved:
+        _requeue(message, slot.wait, error=None, count_attempt=False)
+        log.debug("rate limit: %s deferred %.2fs", message.channel, slot.wait)
+        return
+    time.sleep(slot.wait)  # at most DRIP_RATE_LIMIT_MAX_SLEEP: the slot is ours
     message.to = message.contact.address_for(message.channel)
     Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(
         to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
-        sending_at=timezone.now(),
+        sending_at=timezone.now(), **_sms_length(message, rendered, log),
     )
     # Checked again right before the provider call: nothing goes out after expiry.
     if message.expires_at is not None and timezone.now() >= message.expires_at:
@@ -63,6 +74,15 @@ def send_message(message_id: int) -> None:
     sent_at = timezone.now()
     _finish(message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error="")
     log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
+
+
+def _sms_length(message: Message, rendered: Rendered, log: IdsAdapter) -> dict[str, object]:
+    if message.channel != Channel.SMS:
+        return {}
+    encoding, segments = sms_segments(rendered.text)
+    if segments > SMS_SEGMENTS_WARNING:
+        log.warning("%s sms is %d segments (%s): each is billed", message.template_type, segments, encoding)
+    return {"sms_encoding": encoding, "sms_segments": segments}
 
 
 def _finish(message: Message, status: str, **fields: object) -> bool:
@@ -83,8 +103,8 @@ def _on_transport_error(message: Message, exc: TransportError, log: IdsAdapter) 
     attempts = Message.objects.values_list("attempts", flat=True).get(id=message.id)
     if exc.revoke_consent:
         record_consent(
-            message.contact, Channel.SMS, False, ConsentRecord.Source.PROVIDER,
-            detail="twilio:21610", reason=exc.message,
+            message.contact, message.channel, False, ConsentRecord.Source.PROVIDER,
+            detail="twilio:21610" if message.channel == Channel.SMS else "esp:rejected", reason=exc.message,
         )
     if exc.permanent or attempts >= settings.DRIP_SEND_MAX_ATTEMPTS:
         why = "permanent" if exc.permanent else f"gave up after {attempts} attempts"
@@ -92,17 +112,25 @@ def _on_transport_error(message: Message, exc: TransportError, log: IdsAdapter) 
         log.error("%s %s failed (%s): %s", message.template_type, message.channel, why, exc.message)
         return
     delay = retry_delay(attempts)
-    _schedule_retry(message, exc.message, timezone.now() + timedelta(seconds=delay), delay)
+    _requeue(message, delay, error=exc.message, count_attempt=True)
     log.warning("%s %s attempt %d failed, retry in %.1fs: %s", message.template_type, message.channel, attempts, delay, exc.message)
 
 
-def _schedule_retry(message: Message, error: str, at: datetime, delay: float) -> None:
+def _requeue(message: Message, delay: float, error: str | None, count_attempt: bool) -> None:
+    """Back to queued, to be sent again in `delay` real seconds. A rate-limit deferral is
+    not an attempt; a provider error is, and records its error."""
     from .tasks import send_message as send_task
 
+    fields: dict[str, object] = {
+        "status": Message.Status.QUEUED, "sending_at": None, "updated_at": timezone.now(),
+        "next_attempt_at": timezone.now() + timedelta(seconds=delay),
+    }
+    if error is not None:
+        fields["error"] = error
+    if not count_attempt:
+        fields["attempts"] = F("attempts") - 1
     with transaction.atomic():
         # The row is the timer here too: if this countdown task is lost, the reconciler
         # re-enqueues the message once next_attempt_at has passed.
-        if Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(
-            status=Message.Status.QUEUED, next_attempt_at=at, sending_at=None, error=error, updated_at=timezone.now()
-        ):
+        if Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(**fields):
             transaction.on_commit(lambda: send_task.apply_async((message.id,), countdown=delay))

@@ -113,6 +113,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # --- Redis / Celery -------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 CELERY_BROKER_URL = REDIS_URL
+DRIP_RATE_LIMIT_REDIS_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 # An unacknowledged task comes back after this long; the durable timer keeps every ETA far
@@ -145,6 +146,15 @@ DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 600.0, minimum=1)
 DRIP_SEND_MAX_ATTEMPTS = int(env_float("DRIP_SEND_MAX_ATTEMPTS", 5, minimum=1))
 DRIP_RETRY_BASE_DELAY = env_float("DRIP_RETRY_BASE_DELAY", 10.0, minimum=0)
 DRIP_RETRY_MAX_DELAY = env_float("DRIP_RETRY_MAX_DELAY", 600.0, minimum=0)
+# Messages per second per channel, shared by every worker through Redis; 0 = unlimited.
+DRIP_RATE_LIMITS = {
+    "email": env_float("DRIP_RATE_LIMIT_EMAIL", 0.0, minimum=0),
+    "sms": env_float("DRIP_RATE_LIMIT_SMS", 0.0, minimum=0),
+}
+# A send whose slot is at most this far away waits for it in the task; a later one goes
+# back to the queue with a countdown instead of holding a worker.
+DRIP_RATE_LIMIT_MAX_SLEEP = env_float("DRIP_RATE_LIMIT_MAX_SLEEP", 1.0, minimum=0)
+DRIP_RATE_LIMIT_PREFIX = "drip:ratelimit"
 DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
 PUBLIC_BASE_URL = (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
 MESSAGE_TEMPLATES_DIR = BASE_DIR / "templates" / "messages"

@@ -37,3 +37,11 @@ def make_event(starts_in: float = 3600 * 48, starts_at: datetime | None = None, 
 
 def enroll(contact: Contact, event: Event) -> Registration:
     return Registration.objects.create(contact=contact, event=event, external_id=f"r{next(_seq)}")
+
+
+def register_quietly(contact: Contact, event: Event) -> Registration:
+    """A registration without its funnel (bulk_create sends no signal): for direct sends."""
+    [registration] = Registration.objects.bulk_create(
+        [Registration(contact=contact, event=event, external_id=f"r{next(_seq)}")]
+    )
+    return registration

@@ -8,5 +8,6 @@ from drip.settings import *  # noqa: E402,F401,F403
 # Tests use their own Redis database number, so a run never touches a developer's queues.
 TEST_REDIS_DB = int(os.environ.get("DRIP_TEST_REDIS_DB", "15"))
 CELERY_BROKER_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}" if REDIS_URL.count("/") >= 3 else REDIS_URL + f"/{TEST_REDIS_DB}"
+DRIP_RATE_LIMIT_REDIS_URL = CELERY_BROKER_URL
 
 (BASE_DIR / ".run").mkdir(exist_ok=True)  # the SQLite test database lives there

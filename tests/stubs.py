@@ -84,8 +84,9 @@ class ProviderStub:
     def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         data = json.loads(raw)
         failure = self._next_failure("email")
-        if failure:
-            return failure.status, failure.body or {"ErrorCode": 500, "Message": "stub failure"}
+        if failure:  # "{to}" in a canned error stands for the request's recipient
+            body = {k: v.replace("{to}", data.get("To", "")) if isinstance(v, str) else v for k, v in failure.body.items()}
+            return failure.status, body or {"ErrorCode": 500, "Message": "stub failure"}
         message_id = str(uuid.uuid4())
         headers = {h["Name"]: h["Value"] for h in data.get("Headers", [])}
         with self.lock:
