@@ -42,7 +42,10 @@ def classify(exc: Exception) -> TransportError:
     if isinstance(exc, TransportError):
         return exc
     if isinstance(exc, AnymailRecipientsRefused):
-        return TransportError(f"recipient refused: {exc}", permanent=True)
+        # "rejected" is the ESP's own suppression (hard bounce, complaint): record it as ours.
+        sent = getattr(exc, "email_message", None)
+        statuses = getattr(getattr(sent, "anymail_status", None), "status", None) or set()
+        return TransportError(f"recipient refused: {exc}", permanent=True, revoke_consent="rejected" in statuses)
     if isinstance(exc, TwilioRestException):
         detail = f"twilio {exc.status} error {exc.code}: {exc.msg}"
         if exc.code in TWILIO_PERMANENT:
@@ -92,7 +95,6 @@ class EmailTransport(Transport):
         if status is None:  # a plain Django backend (console, SMTP): no provider id
             return f"local-{uuid.uuid4().hex}"
         if status.status and status.status <= {"invalid", "rejected", "failed"}:
-            # "rejected" is the ESP's own suppression (hard bounce, complaint): record it as ours.
             raise TransportError(
                 f"recipient {'/'.join(sorted(status.status))} by the provider", permanent=True,
                 revoke_consent="rejected" in status.status,

@@ -154,7 +154,7 @@ DRIP_RATE_LIMITS = {
 # A send whose slot is at most this far away waits for it in the task; a later one goes
 # back to the queue with a countdown instead of holding a worker.
 DRIP_RATE_LIMIT_MAX_SLEEP = env_float("DRIP_RATE_LIMIT_MAX_SLEEP", 1.0, minimum=0)
-DRIP_RATE_LIMIT_PREFIX = "drip:ratelimit"
+DRIP_RATE_LIMIT_PREFIX = os.environ.get("DRIP_RATE_LIMIT_PREFIX") or "drip:ratelimit"
 DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
 PUBLIC_BASE_URL = (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
 MESSAGE_TEMPLATES_DIR = BASE_DIR / "templates" / "messages"

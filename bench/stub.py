@@ -1,0 +1,101 @@
+"""A lean loopback Postmark + Twilio for the benchmark.
+
+The real anymail Postmark backend and the real twilio client talk HTTP to it, exactly as
+they do in tests/stubs.py, but this one keeps only what the figures need (kind, recipient,
+arrival time) so that at thousands of messages the stub is never what is measured. It
+speaks HTTP/1.1 with keep-alive, so a client that reuses its connection can.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+
+@dataclass(frozen=True)
+class Receipt:
+    kind: str  # "email" or "sms"
+    to: str
+    at: float  # time.time() when the request was accepted
+
+
+class BenchStub:
+    def __init__(self) -> None:
+        self._receipts: list[Receipt] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.rstrip("/").endswith("/email"):
+                    status, body = stub._postmark(raw)
+                elif "/Messages.json" in self.path:
+                    status, body = stub._twilio(raw)
+                else:
+                    status, body = 404, {"error": f"no route {self.path}"}
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="bench-stub", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _record(self, kind: str, to: str) -> None:
+        with self._lock:
+            self._receipts.append(Receipt(kind, to, time.time()))
+
+    def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        to = json.loads(raw).get("To", "")
+        self._record("email", to)
+        return 200, {"To": to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": str(uuid.uuid4()),
+                     "ErrorCode": 0, "Message": "OK"}
+
+    def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        self._record("sms", form.get("To", ""))
+        return 201, {"sid": "SM" + uuid.uuid4().hex, "status": "queued", "to": form.get("To"), "from": form.get("From"),
+                     "body": form.get("Body"), "account_sid": "ACbench", "num_segments": "1",
+                     "direction": "outbound-api"}
+
+    # --- for the figures ------------------------------------------------------------
+    def count(self) -> int:
+        with self._lock:
+            return len(self._receipts)
+
+    def receipts(self) -> list[Receipt]:
+        with self._lock:
+            return list(self._receipts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._receipts.clear()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """True once `count` receipts arrived; False at the deadline (the caller reports it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count() >= count:
+                return True
+            time.sleep(0.02)
+        return self.count() >= count
