@@ -149,7 +149,7 @@ def replan_post_event(registration: Registration, now: datetime | None = None) -
     """Attendance changed after completion: the open steps of the old branch are cancelled
     and the new branch planned from the same completion time (past-due steps skipped)."""
     now = now or timezone.now()
-    event = registration.event
+    event = Event.objects.get(pk=registration.event_id)  # the cached one may predate completion
     if event.status != Event.Status.COMPLETED or registration.status != Registration.Status.ACTIVE:
         return []
     branch = POST_EVENT.branch_for(registration)

@@ -115,12 +115,54 @@ def enroll_contacts(contacts: QuerySet[Contact], event: Event) -> tuple[int, int
     return created, existing
 
 
+class CompleteEventForm(forms.Form):
+    attended = forms.ModelMultipleChoiceField(
+        queryset=Registration.objects.none(), required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="Everyone not ticked (and not already marked attended) follows the no-show branch.",
+    )
+    completed_at = forms.DateTimeField(required=False, help_text="When the event ended; empty means now.")
+
+    def __init__(self, event: Event, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["attended"].queryset = event.registrations.filter(status=Registration.Status.ACTIVE).select_related("contact")
+
+
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     list_display = ("title", "external_id", "starts_at", "timezone", "status", "completed_at")
     list_filter = ("status",)
     search_fields = ("title", "external_id")
-    actions = ["cancel_events"]
+    actions = ["complete_event", "cancel_events"]
+
+    @admin.action(description="Complete event and start the post-event funnel…")
+    def complete_event(self, request: HttpRequest, queryset: QuerySet[Event]) -> HttpResponse | None:
+        from campaigns.completion import CompletionError, complete_event
+
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one event to complete.", messages.ERROR)
+            return None
+        event = queryset.get()
+        form = CompleteEventForm(event, request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            attended = {r.pk for r in form.cleaned_data["attended"]}
+            try:
+                summary = complete_event(event, attended, form.cleaned_data["completed_at"])
+            except CompletionError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return None
+            if summary.already_completed:
+                self.message_user(request, f"{event.title} was already completed; nothing planned.", messages.WARNING)
+                return None
+            self.message_user(request, (
+                f"Completed {event.title}: {summary.branches['attended']} attended, {summary.branches['no_show']} no-show, "
+                f"{summary.steps_planned} post-event steps planned."
+            ), messages.SUCCESS)
+            return None
+        return render(
+            request, "admin/drip/complete_event.html",
+            {**self.admin_site.each_context(request), "event": event, "form": form,
+             "title": f"Complete {event.title}", "opts": self.model._meta},
+        )
 
     @admin.action(description="Cancel selected events (stops their pending steps)")
     def cancel_events(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:

@@ -98,3 +98,24 @@ def test_the_audit_pages_render(operator):
     for page in ("contact", "event", "registration", "step", "message", "consentrecord"):
         response = operator.get(f"/admin/drip/{page}/")
         assert response.status_code in (200, 404), page
+
+
+def test_complete_event_action_marks_attendance_and_plans_the_post_event_funnel(operator):
+    event = make_event(starts_in=-7200)
+    ada, bob = make_contact(), make_contact()
+    reg_ada = Registration.objects.create(contact=ada, event=event, external_id="ra")
+    Registration.objects.create(contact=bob, event=event, external_id="rb")
+    page = operator.post("/admin/drip/event/", {"action": "complete_event", "_selected_action": [str(event.pk)]})
+    assert "Tick who attended" in page.content.decode()
+    done = operator.post("/admin/drip/event/", {
+        "action": "complete_event", "_selected_action": [str(event.pk)], "attended": [str(reg_ada.pk)], "apply": "1",
+    }, follow=True)
+    assert "1 attended, 1 no-show, 6 post-event steps planned" in done.content.decode()
+    event.refresh_from_db()
+    assert event.status == Event.Status.COMPLETED
+    assert set(Step.objects.filter(registration=reg_ada).values_list("key", flat=True)) == {"thank_you", "resources", "nurture"}
+    again = operator.post("/admin/drip/event/", {
+        "action": "complete_event", "_selected_action": [str(event.pk)], "apply": "1",
+    }, follow=True)
+    assert "was already completed; nothing planned" in again.content.decode()
+    assert Step.objects.count() == 6
