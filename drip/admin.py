@@ -206,6 +206,20 @@ class RegistrationAdmin(admin.ModelAdmin):
         self.message_user(request, f"Cancelled {count} registration(s).")
 
 
+def requeue_failed(messages_qs: QuerySet[Message]) -> int:
+    """An operator's decision, e.g. after checking that an "outcome unknown" send did not
+    arrive: failed → queued, with a fresh attempt budget."""
+    from .tasks import send_message
+
+    ids = list(messages_qs.filter(status=Message.Status.FAILED).values_list("pk", flat=True))
+    with transaction.atomic():
+        Message.objects.filter(pk__in=ids, status=Message.Status.FAILED).update(
+            status=Message.Status.QUEUED, attempts=0, sending_at=None, next_attempt_at=timezone.now(), updated_at=timezone.now()
+        )
+        transaction.on_commit(lambda: [send_message.delay(pk) for pk in ids])
+    return len(ids)
+
+
 @admin.register(Step)
 class StepAdmin(admin.ModelAdmin):
     list_display = ("id", "registration", "funnel", "key", "plan_version", "due_at", "status", "reason")
@@ -223,6 +237,12 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ("status", "channel", "template_type")
     search_fields = ("contact__email", "contact__phone", "provider_message_id")
     readonly_fields = [f.name for f in Message._meta.fields]
+    actions = ["send_again"]
+
+    @admin.action(description="Send failed messages again")
+    def send_again(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        count = requeue_failed(queryset)
+        self.message_user(request, f"Re-queued {count} failed message(s); others were left as they were.")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

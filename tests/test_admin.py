@@ -119,3 +119,20 @@ def test_complete_event_action_marks_attendance_and_plans_the_post_event_funnel(
     }, follow=True)
     assert "was already completed; nothing planned" in again.content.decode()
     assert Step.objects.count() == 6
+
+
+def test_send_again_requeues_only_failed_messages(operator, django_capture_on_commit_callbacks):
+    from drip.models import Message
+
+    contact = make_contact()
+    failed = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome",
+                                    status=Message.Status.FAILED, attempts=5, error="outcome unknown")
+    sent = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", status=Message.Status.SENT)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = operator.post("/admin/drip/message/", {"action": "send_again", "_selected_action": [failed.pk, sent.pk]}, follow=True)
+    assert "Re-queued 1 failed message(s)" in response.content.decode()
+    failed.refresh_from_db()
+    sent.refresh_from_db()
+    assert (failed.status, failed.attempts) == (Message.Status.QUEUED, 0)
+    assert sent.status == Message.Status.SENT
+    assert len(callbacks) == 1

@@ -1,0 +1,606 @@
+"""The benchmark: `make bench` (scripts/bench.sh) or `python -m bench.run`.
+
+Real stack: PostgreSQL, its own Redis, a real `celery worker` (prefork, concurrency 2), the
+real anymail Postmark backend and twilio client talking HTTP to a loopback stub. Prints a
+table and writes bench/results.json. bench/README.md says what each figure means.
+
+Order matters for time and for clean memory readings: the in-process figures (queries,
+10k fan-out) come first, then one worker serves the no-op, dispatch, lateness and memory
+figures (the 100k fan-out is timed inside the memory phase, whose steps it provides).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from bench.stub import BenchStub
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+STARTED = time.monotonic()
+# make bench must finish in 10 minutes; every wait below is cut to what is left of this.
+BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "540"))
+
+GOALS = {
+    "fan_out_per_second": 20_000,
+    "dispatch_ratio": 0.5,
+    "memory_delta_mb": 5.0,
+    "queries_per_message": 8,
+}
+
+
+def remaining(reserve: float = 0) -> float:
+    return max(0.0, BUDGET_SECONDS - (time.monotonic() - STARTED) - reserve)
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - STARTED:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# --- environment ------------------------------------------------------------------------
+
+def configure_environment(stub: BenchStub) -> dict[str, str]:
+    """Production settings (DEBUG off) with the providers pointed at the stub. Set before
+    Django loads, and handed as-is to the worker."""
+    defaults = {
+        "DJANGO_SETTINGS_MODULE": "drip.settings",
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-only-not-secret",
+        "DRIP_TIME_SCALE": "1",
+        "DRIP_DISPATCH_INTERVAL": "1",
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    os.environ.update({
+        "EMAIL_BACKEND": "anymail.backends.postmark.EmailBackend",
+        "ANYMAIL_POSTMARK_SERVER_TOKEN": "bench-server-token",
+        "ANYMAIL_POSTMARK_API_URL": stub.url + "/",
+        "SMS_BACKEND": "twilio",
+        "TWILIO_ACCOUNT_SID": "ACbench",
+        "TWILIO_AUTH_TOKEN": "bench-auth-token",
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE_URL": stub.url,
+    })
+    worker_env = dict(os.environ)
+    # The worker logs as in production (a line per step and message, to bench/logs/);
+    # this process only says what it is doing.
+    worker_env["DRIP_LOG_LEVEL"] = os.environ.get("DRIP_LOG_LEVEL", "INFO")
+    os.environ["DRIP_LOG_LEVEL"] = "WARNING"
+    return worker_env
+
+
+def require_own_redis() -> None:
+    if os.environ.get("BENCH_REDIS_OWNED") != "1":
+        sys.exit("bench: flushes its Redis between phases, so it runs only on one it started itself: "
+                 "use `make bench` (or set BENCH_REDIS_OWNED=1 with REDIS_URL pointing at a Redis of your own).")
+
+
+def reset_broker() -> None:
+    """Empty the bench's own Redis, then leave the reconciler's broker mark in place so the
+    next reconcile does not take the flush for a broker reset."""
+    import redis
+    from django.conf import settings
+
+    from drip.scheduler import broker_was_reset
+
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    broker_was_reset()
+
+
+def broker_backlog() -> dict[str, int]:
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return {
+        "queued_steps": client.llen("steps"), "queued_messages": client.llen("messages"),
+        "unacked": client.hlen("unacked"), "redis_used_memory_kb": client.info("memory")["used_memory"] // 1024,
+    }
+
+
+class QueryCounter:
+    """Counts queries without keeping their SQL (a 1,000-row INSERT is a big string)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
+# --- figures measured in this process ---------------------------------------------------
+
+def measure_queries(stub: BenchStub) -> dict:
+    """Queries per send_message, for 1, 10 and 100 messages of each channel, in-process
+    against the stub (the worker runs the very same function). Also per run_step."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from bench import world
+    from drip.models import Message, Step
+    from drip.sender import send_message
+    from drip.steps import run_step
+
+    world.wipe()
+    now = timezone.now()
+    event = world.make_event("queries", completed_at=now - timedelta(hours=2))
+    contacts = world.make_contacts("queries", 222)
+    registrations = world.make_registrations("queries", event, contacts, attended=False)
+    # sorry_missed: one email; reengagement: email + SMS (its SMS messages are the SMS sample).
+    email_steps = world.insert_steps(event, registrations[:111], "sorry_missed", now - timedelta(seconds=1), Step.Status.ENQUEUED)
+    sms_steps = world.insert_steps(event, registrations[111:], "reengagement", now - timedelta(seconds=1), Step.Status.ENQUEUED)
+
+    per_step = {}
+    for label, steps in (("email_step (sorry_missed)", email_steps), ("email_sms_step (reengagement)", sms_steps)):
+        counts = []
+        for step in steps:
+            counter = QueryCounter()
+            with connection.execute_wrapper(counter):
+                run_step(step.pk)
+            counts.append(counter.count)
+        per_step[label] = {"mean": round(statistics.mean(counts), 2), "max": max(counts)}
+
+    result: dict = {"run_step_queries": per_step, "send_message": {}}
+    for channel, steps in (("email", email_steps), ("sms", sms_steps)):
+        ids = list(
+            Message.objects.filter(step__in=[s.pk for s in steps], channel=channel, status=Message.Status.QUEUED)
+            .order_by("id").values_list("id", flat=True)
+        )
+        offset = 0
+        for n in (1, 10, 100):
+            batch, offset = ids[offset:offset + n], offset + n
+            started = time.perf_counter()
+            with CaptureQueriesContext(connection) as captured:
+                for mid in batch:
+                    send_message(mid)
+            elapsed = time.perf_counter() - started
+            sent = Message.objects.filter(id__in=batch, status=Message.Status.SENT).count()
+            entry = {"messages": n, "sent": sent, "queries": len(captured),
+                     "per_message": round(len(captured) / n, 2), "ms_per_message_in_process": round(elapsed / n * 1000, 2)}
+            if n == 1:
+                entry["sql"] = [q["sql"][:300] for q in captured.captured_queries]
+            result["send_message"][f"{channel}_{n}"] = entry
+    per_message = [e["per_message"] for e in result["send_message"].values()]
+    result["max_per_message"] = max(per_message)
+    result["constant"] = len(set(per_message)) == 1
+    result["ok"] = result["constant"] and result["max_per_message"] <= GOALS["queries_per_message"]
+    result["pg_connect_ms"] = measure_pg_connect()
+    reset_broker()  # run_step enqueued send_message tasks; no worker was there to take them
+    world.wipe()
+    return result
+
+
+def measure_pg_connect(rounds: int = 20) -> float:
+    """What opening a PostgreSQL connection costs: Celery's Django fixup closes the
+    connection before and after every task, so with CONN_MAX_AGE=0 every task pays it."""
+    from django.db import connection
+
+    timings = []
+    for _ in range(rounds):
+        connection.close()
+        started = time.perf_counter()
+        connection.ensure_connection()
+        timings.append(time.perf_counter() - started)
+    return round(statistics.median(timings) * 1000, 2)
+
+
+def measure_fan_out(n: int, worker_ticker=None) -> dict:
+    """Seconds for complete_event to plan the post-event funnel of n registrations (half
+    attended, half not), counted from the call to its return (committed)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from bench import world
+    from campaigns.completion import complete_event
+    from drip.models import Step
+
+    world.wipe()
+    event = world.make_event(f"fanout{n}", starts_in=timedelta(hours=-2))
+    contacts = world.make_contacts(f"fanout{n}", n, consent=False)
+    registrations = world.make_registrations(f"fanout{n}", event, contacts)
+    attended = set(registrations[::2])
+    world.analyze()
+    counter = QueryCounter()
+    if worker_ticker:
+        worker_ticker.pause()
+    started = time.perf_counter()
+    with connection.execute_wrapper(counter):
+        summary = complete_event(event, attended=attended, completed_at=timezone.now())
+    seconds = time.perf_counter() - started
+    if worker_ticker:
+        worker_ticker.resume()
+    rows = Step.objects.filter(registration__event=event, funnel="post_event").count()
+    per_second = n / seconds
+    return {
+        "registrations": n, "seconds": round(seconds, 3), "registrations_per_second": round(per_second),
+        "steps_inserted": rows, "steps_planned": summary.steps_planned, "queries": counter.count,
+        "branches": summary.branches, "goal_per_second": GOALS["fan_out_per_second"],
+        "ok": per_second >= GOALS["fan_out_per_second"] and rows == 3 * n,
+    }
+
+
+# --- figures that need the worker -------------------------------------------------------
+
+def measure_noop(app, n: int = 5000) -> dict:
+    """The reference: n no-op tasks through the same worker, from the first publish to the
+    last one run."""
+    import redis
+    from django.conf import settings
+
+    from bench.celery_bench import NOOP_COUNT, NOOP_FIRST, NOOP_LAST
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete(NOOP_COUNT, NOOP_FIRST, NOOP_LAST)
+    started = time.time()
+    for _ in range(n):
+        app.send_task("bench.noop")
+    published = time.time() - started
+    deadline = time.monotonic() + min(120, remaining(reserve=200))
+    while time.monotonic() < deadline and int(client.get(NOOP_COUNT) or 0) < n:
+        time.sleep(0.02)
+    done = int(client.get(NOOP_COUNT) or 0)
+    last = float(client.get(NOOP_LAST) or started)
+    seconds = last - started
+    return {"tasks": n, "ran": done, "seconds": round(seconds, 3), "publish_seconds": round(published, 3),
+            "tasks_per_second": round(done / seconds, 1) if seconds > 0 else None, "complete": done == n}
+
+
+def dispatch_world(tag: str, n_messages: int) -> tuple:
+    """Contacts with consent on a completed event, no-show branch: two thirds of the
+    messages from `sorry_missed` steps (email), one third from `reengagement` (email + SMS),
+    i.e. the first two steps of that branch. Returns (event, registration ids per key)."""
+    from django.utils import timezone
+
+    from bench import world
+
+    email_only = n_messages // 2
+    both = (n_messages - email_only) // 2
+    event = world.make_event(tag, completed_at=timezone.now() - timedelta(hours=2))
+    contacts = world.make_contacts(tag, email_only + both)
+    registrations = world.make_registrations(tag, event, contacts, attended=False)
+    return event, {"sorry_missed": registrations[:email_only], "reengagement": registrations[email_only:]}
+
+
+def measure_dispatch(stub: BenchStub, n_messages: int, lead: float) -> dict:
+    """n_messages from "due" to "accepted by the stub". The steps are inserted pending, due
+    `lead` seconds from now; the ticker's dispatch_due_steps claims them (they are inside the
+    enqueue horizon) and the worker runs them when due, as in production. With lead=0 they
+    are already due when first seen (a backlog after downtime)."""
+    from django.utils import timezone
+
+    from bench import world
+    from drip.models import Message, Step
+
+    world.wipe()
+    stub.reset()
+    event, groups = dispatch_world(f"dispatch{int(lead)}", n_messages)
+    world.analyze()
+    due = timezone.now() + timedelta(seconds=lead)
+    for key, registration_ids in groups.items():
+        world.insert_steps(event, registration_ids, key, due)
+    t_due = due.timestamp()
+    finished = stub.wait_for(n_messages, timeout=lead + min(240, remaining(reserve=150)))
+    receipts = stub.receipts()
+    last = max((r.at for r in receipts), default=t_due)
+    seconds = last - t_due
+    time.sleep(0.5)  # the worker writes "sent" right after the provider answers
+    times = sorted(r.at - t_due for r in receipts)
+    steps = Step.objects.filter(registration__event=event)
+    stages = {
+        "all_steps_claimed_s": _since(t_due, steps.order_by("-enqueued_at").values_list("enqueued_at", flat=True).first()),
+        "all_steps_done_s": _since(t_due, steps.order_by("-finished_at").values_list("finished_at", flat=True).first()),
+        "first_receipt_s": round(times[0], 3) if times else None,
+        "half_receipts_s": round(times[len(times) // 2], 3) if times else None,
+    }
+    duplicates = sum(c - 1 for c in Counter((r.kind, r.to) for r in receipts).values() if c > 1)
+    return {
+        "messages": n_messages, "received": len(receipts), "complete": finished, "lead_seconds": lead,
+        "by_channel": dict(Counter(r.kind for r in receipts)), "duplicates": duplicates,
+        "sent_in_db": Message.objects.filter(status=Message.Status.SENT, step__registration__event=event).count(),
+        "seconds": round(seconds, 3), "messages_per_second": round(len(receipts) / seconds, 1) if seconds > 0 else None,
+        "stages": stages,
+    }
+
+
+def _since(t0: float, when: datetime | None) -> float | None:
+    return round(when.timestamp() - t0, 3) if when else None
+
+
+def measure_lateness(stub: BenchStub, n: int, spread: float) -> dict:
+    """n `thank_you` steps (one email each) due within one minute: evenly spread over
+    `spread` seconds, or all at the same instant (spread 0, e.g. every registration's
+    reminder of a large event). Lateness = stub receipt time - step due_at."""
+    from django.utils import timezone
+
+    from bench import world
+
+    world.wipe()
+    stub.reset()
+    event = world.make_event(f"late{int(spread)}", completed_at=timezone.now() - timedelta(hours=2))
+    contacts = world.make_contacts(f"late{int(spread)}", n)
+    registrations = world.make_registrations(f"late{int(spread)}", event, contacts, attended=True)
+    world.analyze()
+    start = timezone.now() + timedelta(seconds=5)
+    dues = [start + timedelta(seconds=spread * i / n) for i in range(n)]
+    world.insert_steps(event, registrations, "thank_you", dues)
+    due_by_email = {f"late{int(spread)}-{i}@example.com": dues[i].timestamp() for i in range(n)}
+    finished = stub.wait_for(n, timeout=5 + spread + min(90, remaining(reserve=120)))
+    late = [r.at - due_by_email[r.to] for r in stub.receipts() if r.to in due_by_email]
+    if not late:
+        return {"steps": n, "received": 0, "complete": False}
+    return {
+        "steps": n, "spread_seconds": spread, "received": len(late), "complete": finished,
+        "p50_ms": round(percentile(late, 50) * 1000, 1), "p99_ms": round(percentile(late, 99) * 1000, 1),
+        "max_ms": round(max(late) * 1000, 1), "early": sum(1 for x in late if x < 0),
+    }
+
+
+def sample_memory(worker, samples: int = 3) -> dict:
+    from bench.worker import memory
+
+    readings = []
+    for _ in range(samples):
+        readings.append(memory(worker))
+        time.sleep(0.5)
+    last = readings[-1].as_dict()
+    last["rss_kb"] = round(statistics.median(r.rss_kb for r in readings))
+    last["pss_kb"] = round(statistics.median(r.pss_kb for r in readings))
+    return last
+
+
+def measure_memory(app, worker, ticker, far_steps: int, eta_tasks: int, settle: float) -> tuple[dict, dict]:
+    """Worker memory with nothing pending, then with `far_steps` steps pending days ahead
+    (planned by a 100k fan-out, which is timed on the way), then with `eta_tasks` plain
+    ETA tasks 3 days ahead for comparison. Returns (memory figure, 100k fan-out figure)."""
+    from django.db.models import Count
+
+    from bench import world
+    from drip.models import Step
+
+    world.wipe()
+    time.sleep(settle)  # dispatcher and reconciler ticks on an empty schedule
+    empty = sample_memory(worker)
+    empty["broker"] = broker_backlog()
+    say(f"memory: nothing pending, worker RSS {empty['rss_kb']} kB; planning {far_steps:,} registrations")
+
+    fan_out = measure_fan_out(far_steps, worker_ticker=ticker)
+    say(f"fan-out {far_steps:,}: {fan_out['seconds']} s ({fan_out['registrations_per_second']:,}/s)")
+    # Keep the last step of each branch (nurture +3 d, final_followup +7 d): one pending
+    # step per registration, all days ahead.
+    Step.objects.exclude(key__in=["nurture", "final_followup"]).delete()
+    pending = dict(Step.objects.filter(status=Step.Status.PENDING).values_list("key").annotate(n=Count("id")))
+    world.analyze()
+    time.sleep(settle)  # the same ticks, now over a table with the far-future steps
+    loaded = sample_memory(worker)
+    loaded["broker"] = broker_backlog()
+    loaded["pending_steps"] = pending
+    delta_mb = (loaded["rss_kb"] - empty["rss_kb"]) / 1024
+    say(f"memory: {sum(pending.values()):,} steps pending, worker RSS {loaded['rss_kb']} kB ({delta_mb:+.2f} MB)")
+
+    eta = {"tasks": eta_tasks, "skipped": True}
+    if remaining(reserve=60) > 60:
+        eta = measure_eta_memory(app, worker, eta_tasks, loaded)
+    result = {
+        "far_steps_pending": sum(pending.values()), "settle_seconds": settle,
+        "empty": empty, "with_far_steps": loaded,
+        "rss_delta_mb": round(delta_mb, 2), "pss_delta_mb": round((loaded["pss_kb"] - empty["pss_kb"]) / 1024, 2),
+        "goal_mb": GOALS["memory_delta_mb"], "ok": delta_mb < GOALS["memory_delta_mb"],
+        "plain_eta": eta,
+    }
+    return result, fan_out
+
+
+def measure_eta_memory(app, worker, n: int, before: dict) -> dict:
+    """Plain ETA scheduling for comparison: n no-op tasks due in 3 days, sent straight to
+    Celery. The worker takes every one into memory (ETA tasks bypass the prefetch limit)
+    and holds it there unacknowledged until it is due."""
+    from datetime import timezone as tz
+
+    eta = datetime.now(tz.utc) + timedelta(days=3)
+    for _ in range(n):
+        app.send_task("bench.noop", eta=eta)
+    deadline = time.monotonic() + min(60, remaining(reserve=60))
+    backlog = broker_backlog()
+    while time.monotonic() < deadline and (backlog["queued_steps"] or backlog["unacked"] < n):
+        time.sleep(0.25)
+        backlog = broker_backlog()
+    time.sleep(1)
+    held = sample_memory(worker)
+    held["broker"] = broker_backlog()
+    delta_kb = held["rss_kb"] - before["rss_kb"]
+    return {
+        "tasks": n, "all_reserved_by_worker": backlog["unacked"] >= n and not backlog["queued_steps"],
+        "rss_kb": held["rss_kb"], "rss_delta_mb": round(delta_kb / 1024, 2),
+        "kb_per_task": round(delta_kb / n, 2), "redis_delta_kb": held["broker"]["redis_used_memory_kb"] - before["broker"]["redis_used_memory_kb"],
+        "broker": held["broker"],
+    }
+
+
+# --- report -----------------------------------------------------------------------------
+
+def mark(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "NO")
+
+
+def table(results: dict) -> str:
+    rows: list[tuple[str, str, str, str]] = []
+    for f in results.get("fan_out", []):
+        rows.append((f"fan-out, {f['registrations']:,} registrations", f"{f['seconds']:.2f} s = {f['registrations_per_second']:,}/s",
+                     f">= {GOALS['fan_out_per_second']:,}/s", mark(f["ok"])))
+    d, noop = results.get("dispatch", {}), results.get("noop", {})
+    if d:
+        rows.append((f"dispatch, {d['messages']:,} msgs due -> stub", f"{d['messages_per_second']} msg/s ({d['seconds']:.1f} s)", "", ""))
+    if noop:
+        rows.append((f"no-op task, {noop['tasks']:,} tasks", f"{noop['tasks_per_second']} tasks/s", "", ""))
+    if "ratio" in results:
+        rows.append(("dispatch / no-op", f"{results['ratio']:.3f}", f">= {GOALS['dispatch_ratio']}", mark(results["ratio_ok"])))
+    b = results.get("dispatch_backlog")
+    if b:
+        rows.append((f"dispatch, backlog (due when claimed)", f"{b['messages_per_second']} msg/s ({b['seconds']:.1f} s)", "", ""))
+    m = results.get("memory")
+    if m:
+        rows.append((f"worker RSS, {m['far_steps_pending']:,} steps days ahead", f"{m['rss_delta_mb']:+.2f} MB "
+                     f"({m['empty']['rss_kb'] / 1024:.1f} -> {m['with_far_steps']['rss_kb'] / 1024:.1f})",
+                     f"< {GOALS['memory_delta_mb']} MB", mark(m["ok"])))
+        eta = m.get("plain_eta", {})
+        if not eta.get("skipped"):
+            rows.append((f"  for comparison: {eta['tasks']:,} plain ETA tasks", f"{eta['rss_delta_mb']:+.2f} MB = {eta['kb_per_task']} kB/task", "", ""))
+    for late in results.get("lateness", []):
+        label = "spread over 60 s" if late.get("spread_seconds") else "all at one instant"
+        if late.get("received"):
+            rows.append((f"lateness, {late['steps']:,} steps {label}", f"p50 {late['p50_ms']:.0f} ms, p99 {late['p99_ms']:.0f} ms", "", ""))
+    q = results.get("queries")
+    if q:
+        per = ", ".join(f"{v['per_message']:g}" for k, v in q["send_message"].items() if k.startswith("email"))
+        per_sms = ", ".join(f"{v['per_message']:g}" for k, v in q["send_message"].items() if k.startswith("sms"))
+        rows.append(("queries per sent message (1/10/100)", f"email {per}; sms {per_sms}", f"constant, <= {GOALS['queries_per_message']}", mark(q["ok"])))
+    width = [max(len(r[i]) for r in rows + [("figure", "value", "goal", "met")]) for i in range(4)]
+    lines = [" | ".join(h.ljust(width[i]) for i, h in enumerate(("figure", "value", "goal", "met")))]
+    lines.append("-+-".join("-" * w for w in width))
+    lines += [" | ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg = cursor.fetchone()[0]
+    import redis
+    from django.conf import settings
+
+    return {
+        "cpus": os.cpu_count(), "python": platform.python_version(), "postgresql": pg,
+        "redis": redis.Redis.from_url(settings.CELERY_BROKER_URL).info("server")["redis_version"],
+        "kernel": platform.release(),
+    }
+
+
+def write_results(results: dict) -> None:
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tmp.replace(RESULTS)
+
+
+# --- main -------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the harness (not for the README)")
+    args = parser.parse_args()
+    require_own_redis()
+    sizes = {"fan_out": (10_000, 100_000), "dispatch": 5000, "noop": 5000, "lateness": 1000, "eta": 10_000, "settle": 8.0}
+    if args.quick:
+        sizes = {"fan_out": (1000, 5000), "dispatch": 500, "noop": 500, "lateness": 100, "eta": 1000, "settle": 3.0}
+
+    stub = BenchStub()
+    worker_env = configure_environment(stub)
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from bench import world
+
+    say(f"database {settings.DATABASES['default']['NAME']}, broker {settings.CELERY_BROKER_URL}, stub {stub.url}")
+    call_command("migrate", verbosity=0)
+    in_use = {k: v for k, v in world.rows_in_use().items() if v}
+    if in_use and os.environ.get("BENCH_DATABASE_OWNED") != "1":
+        sys.exit(f"bench: wipes its database between phases and this one holds data ({in_use}); "
+                 "unset DATABASE_URL so that `make bench` creates and drops its own drip_bench.")
+    reset_broker()
+
+    results: dict = {
+        "generated_at": datetime.now().astimezone().isoformat(timespec="seconds"), "quick": args.quick,
+        "command": "make bench", "machine": machine(),
+        "settings": {name: getattr(settings, name) for name in
+                     ("DRIP_TIME_SCALE", "DRIP_ENQUEUE_HORIZON", "DRIP_DISPATCH_INTERVAL", "DRIP_RECONCILE_INTERVAL",
+                      "DRIP_RECONCILE_GRACE", "DEBUG", "CELERY_TASK_ACKS_LATE", "CELERY_WORKER_PREFETCH_MULTIPLIER")}
+        | {"CONN_MAX_AGE": settings.DATABASES["default"].get("CONN_MAX_AGE"), "worker": "prefork, concurrency 2"},
+        "goals": GOALS,
+    }
+
+    say("queries per sent message (in-process, against the stub)")
+    results["queries"] = measure_queries(stub)
+    say(f"fan-out {sizes['fan_out'][0]:,} registrations")
+    results["fan_out"] = [measure_fan_out(sizes["fan_out"][0])]
+    say(f"fan-out {sizes['fan_out'][0]:,}: {results['fan_out'][0]['seconds']} s")
+
+    from bench.celery_bench import app
+    from bench.worker import Ticker, Worker
+
+    world.wipe()
+    worker = Worker("worker", worker_env)
+    ticker = None
+    try:
+        worker.wait_ready(app)
+        say(f"worker up (pid {worker.pid}, pool {worker.pool_pids()})")
+        # Both pool processes busy at once, so both have forked, imported and connected.
+        for _ in range(4):
+            app.send_task("bench.sleep", args=(0.2,))
+        measure_noop(app, 200)
+        ticker = Ticker(app).start()
+        time.sleep(2)
+
+        say(f"no-op throughput, {sizes['noop']:,} tasks")
+        results["noop"] = measure_noop(app, sizes["noop"])
+        say(f"no-op: {results['noop']['tasks_per_second']} tasks/s")
+
+        say(f"dispatch, {sizes['dispatch']:,} messages due together")
+        results["dispatch"] = measure_dispatch(stub, sizes["dispatch"], lead=10)
+        say(f"dispatch: {results['dispatch']['messages_per_second']} msg/s")
+        if results["noop"].get("tasks_per_second") and results["dispatch"].get("messages_per_second"):
+            results["ratio"] = round(results["dispatch"]["messages_per_second"] / results["noop"]["tasks_per_second"], 4)
+            results["ratio_ok"] = results["ratio"] >= GOALS["dispatch_ratio"]
+        write_results(results)
+
+        results["lateness"] = []
+        for spread in (60.0, 0.0):
+            if remaining(reserve=150) < 30 + spread:
+                say(f"lateness (spread {spread:g} s) skipped: out of time")
+                continue
+            say(f"lateness, {sizes['lateness']:,} steps, spread {spread:g} s")
+            late = measure_lateness(stub, sizes["lateness"], spread)
+            results["lateness"].append(late)
+            say(f"lateness: p50 {late.get('p50_ms')} ms, p99 {late.get('p99_ms')} ms")
+        write_results(results)
+
+        say("memory")
+        results["memory"], fan_out_big = measure_memory(app, worker, ticker, sizes["fan_out"][1], sizes["eta"], sizes["settle"])
+        results["fan_out"].append(fan_out_big)
+    finally:
+        if ticker:
+            ticker.stop()
+        worker.kill()  # it may hold thousands of 3-day ETA tasks: no point in a warm shutdown
+        reset_broker()
+        stub.close()
+    world.wipe()
+    results["duration_seconds"] = round(time.monotonic() - STARTED, 1)
+    results["table"] = table(results).splitlines()
+    write_results(results)
+    print(table(results))
+    print(f"\nwrote {RESULTS.relative_to(HERE.parent)} in {results['duration_seconds']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

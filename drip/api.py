@@ -1,0 +1,66 @@
+"""`POST /api/events`: the HTTP door for producers. Authentication, size and method are
+decided here; everything about the events themselves is drip.events."""
+from __future__ import annotations
+
+import hmac
+import logging
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from .events import EventError, handle_body
+
+log = logging.getLogger("drip.api")
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def error(status: int, message: str, field: str | None = None) -> JsonResponse:
+    return JsonResponse({"error": message, "field": field}, status=status)
+
+
+def token_matches(request: HttpRequest, expected: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    # Bytes, because compare_digest refuses non-ASCII str, and a header may carry any byte.
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
+def declared_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+@csrf_exempt  # producers are servers with a bearer token, not browsers with a session
+def events(request: HttpRequest) -> JsonResponse:
+    if request.method != "POST":
+        response = error(405, f"{request.method} is not allowed here: POST the events")
+        response["Allow"] = "POST"
+        return response
+    if not settings.DRIP_API_TOKEN:
+        return error(503, "the event API is disabled: set DRIP_API_TOKEN to enable it")
+    if not token_matches(request, settings.DRIP_API_TOKEN):
+        response = error(401, "missing or wrong bearer token (Authorization: Bearer $DRIP_API_TOKEN)")
+        response["WWW-Authenticate"] = 'Bearer realm="drip"'
+        return response
+    # Checked before reading, so an oversized body is never held in memory.
+    too_big = error(413, f"the body is over {MAX_BODY_BYTES // 1024 // 1024} MB; send the events in smaller batches")
+    if declared_length(request) > MAX_BODY_BYTES:
+        return too_big
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return too_big
+    if len(body) > MAX_BODY_BYTES:
+        return too_big
+    try:
+        result = handle_body(body)
+    except EventError as exc:
+        log.info("event API refused a request: %s (field %s)", exc, exc.field)
+        return JsonResponse(exc.as_dict(), status=400)
+    log.info("event API accepted %d event(s): %s", result["accepted"], ", ".join(r["name"] for r in result["results"]))
+    return JsonResponse(result, status=202)
