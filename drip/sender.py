@@ -37,7 +37,10 @@ def send_message(message_id: int) -> None:
     ).update(status=Message.Status.SENDING, sending_at=None, attempts=F("attempts") + 1, updated_at=now)
     if not claimed:
         return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
-    message = Message.objects.select_related("contact", "registration__event", "step").get(id=message_id)
+    # One query for everything the checks and the templates read.
+    message = Message.objects.select_related(
+        "contact", "registration__event", "step__registration__event", "step__registration__contact"
+    ).get(id=message_id)
     log = message_log(message)
     block = message_block(message, now)
     if block:

@@ -174,3 +174,23 @@ def test_sms_length_counts_encoding_and_segments():
     assert sms_segments("ł" * 71) == (UCS2, 2)
     assert sms_segments("🎉" * 35) == (UCS2, 1)  # outside the BMP: two UCS-2 units each
     assert sms_segments("a" * 306) == (GSM7, 2) and sms_segments("a" * 307) == (GSM7, 3)
+
+
+def test_a_send_costs_a_constant_number_of_queries(transactional_db, providers, django_assert_max_num_queries):
+    from drip.sender import send_message as send_now
+    from drip.steps import run_step as run_step_now
+    from drip.models import Step
+    from tests.factories import enroll
+
+    registration = enroll(make_contact(), make_event(starts_in=3600 * 48))
+    step = Step.objects.get(registration=registration, key="welcome")
+    Step.objects.filter(pk=step.pk).update(status=Step.Status.ENQUEUED)
+    run_step_now(step.pk)
+    message = Message.objects.get(step=step)
+    with django_assert_max_num_queries(6):
+        send_now(message.pk)
+    message.refresh_from_db()
+    assert message.status == Message.Status.SENT
+    from tests.conftest import flush_broker
+
+    flush_broker()
