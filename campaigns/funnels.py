@@ -64,7 +64,9 @@ class Funnel:
         if self.name == PRE_EVENT_NAME:
             if event.status != Event.Status.SCHEDULED:
                 return f"event is {event.status}"
-            if event.starts_at != step.anchor_at:
+            # A step sent "at once" (the welcome) is not tied to the start time: it renders
+            # the current start, so a reschedule after it ran must not drop it.
+            if self.step(step.key).offset is not None and event.starts_at != step.anchor_at:
                 return f"planned for an old event start ({step.anchor_at.isoformat()}); the event now starts {event.starts_at.isoformat()}"
         else:
             if event.status != Event.Status.COMPLETED:

@@ -226,6 +226,14 @@ class StepAdmin(admin.ModelAdmin):
     list_filter = ("status", "funnel", "key")
     search_fields = ("registration__external_id", "registration__contact__email")
     readonly_fields = [f.name for f in Step._meta.fields]
+    actions = ["run_now"]
+
+    @admin.action(description="Run selected pending steps now")
+    def run_now(self, request: HttpRequest, queryset: QuerySet[Step]) -> None:
+        from .fastforward import run_steps_now
+
+        count = run_steps_now(queryset)
+        self.message_user(request, f"{count} step(s) enqueued to run now; they still re-check consent, event and expiry.")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -7,6 +7,7 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -62,5 +63,11 @@ def events(request: HttpRequest) -> JsonResponse:
     except EventError as exc:
         log.info("event API refused a request: %s (field %s)", exc, exc.field)
         return JsonResponse(exc.as_dict(), status=400)
+    except OperationalError:
+        # Our trouble, not the client's, and passing: nothing was written, so a retry is safe.
+        log.exception("event API: database unavailable")
+        response = error(503, "the database is busy or unavailable; nothing was written, retry shortly")
+        response["Retry-After"] = "1"
+        return response
     log.info("event API accepted %d event(s): %s", result["accepted"], ", ".join(r["name"] for r in result["results"]))
     return JsonResponse(result, status=202)

@@ -14,6 +14,8 @@ Field names are camelCase, as the producers of the system we replace sent them.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
@@ -21,7 +23,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from campaigns.completion import CompletionError, complete_event, resolve_attendees
@@ -33,7 +35,9 @@ from .models import Channel, ConsentRecord, Contact, Event, Message, Registratio
 from .rendering import RenderError, render_message
 from .validation import normalize_phone, validate_timezone
 
+log = logging.getLogger("drip.events")
 MAX_EVENTS = 1000  # per request: one transaction must stay short
+ATTEMPTS = 3  # of the batch's transaction, when it collides with a concurrent one
 ID_LENGTH = 200  # the external_id columns
 # Far enough from datetime's limits that due-time arithmetic (up to +7 days) cannot overflow.
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=dt_timezone.utc), datetime(2999, 12, 31, tzinfo=dt_timezone.utc)
@@ -127,7 +131,7 @@ class Fields:
         except ValueError:
             raise EventError(f"{name} must be an ISO 8601 date-time with an offset ({example}), not {shown(value)}", self.path(name)) from None
         if parsed.tzinfo is None or parsed.utcoffset() is None:
-            raise EventError(f"{name} has no UTC offset: {shown(value)} is ambiguous; add Z or ±HH:MM ({example})", self.path(name))
+            raise EventError(f"{name} has no UTC offset: {shown(value)} is ambiguous; add Z or +HH:MM ({example})", self.path(name))
         try:
             parsed = parsed.astimezone(dt_timezone.utc)
         except OverflowError:
@@ -589,15 +593,19 @@ def parse_event(item: Any, at: str) -> ParsedEvent:
 
 def apply_events(events: list[ParsedEvent]) -> list[dict[str, Any]]:
     """All or nothing: one transaction; an EventError rolls back every event of the batch."""
-    for attempt in (1, 2):
+    for attempt in range(1, ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 return [EVENTS[event.name].apply(event.data) for event in events]
-        except IntegrityError:
-            # Two requests creating the same contact, event or registration at once: the
-            # other one committed first. Once more, and this one matches its rows.
-            if attempt == 2:
+        # IntegrityError: a concurrent request created the same contact, event or
+        # registration and committed first; on the next attempt this one matches its rows.
+        # OperationalError: a deadlock (PostgreSQL) or "database is locked" (SQLite, where a
+        # worker's write makes a reading transaction's first write fail at once).
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == ATTEMPTS:
                 raise
+            log.warning("event batch collided with a concurrent write (attempt %d): %s", attempt, exc)
+            time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
 
 

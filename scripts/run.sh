@@ -5,9 +5,11 @@ cd "$(dirname "$0")/.."
 source scripts/redis_up.sh
 redis_up keep-default-port
 export DEBUG="${DEBUG:-1}"
+# A development token so the README's curl examples work as pasted; set your own in production.
+if [ "$DEBUG" = "1" ]; then export DRIP_API_TOKEN="${DRIP_API_TOKEN:-dev-token}"; fi
 export PATH="$PWD/.venv/bin:$PATH"
 python manage.py migrate --noinput
 python manage.py collectstatic --noinput >/dev/null
 python manage.py bootstrap_demo
-echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ (demo login admin / admin), Flower http://127.0.0.1:5555" >&2
+echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ (demo login admin / admin), Flower http://127.0.0.1:5555, API token: ${DRIP_API_TOKEN:-unset}" >&2
 exec honcho start

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from drip.consent import has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Registration, Step
@@ -136,3 +137,15 @@ def test_send_again_requeues_only_failed_messages(operator, django_capture_on_co
     assert (failed.status, failed.attempts) == (Message.Status.QUEUED, 0)
     assert sent.status == Message.Status.SENT
     assert len(callbacks) == 1
+
+
+def test_run_now_makes_pending_steps_due_at_once(operator, django_capture_on_commit_callbacks):
+    registration = Registration.objects.create(contact=make_contact(), event=make_event(), external_id="r-now")
+    reminder = Step.objects.get(registration=registration, key="reminder_24h")
+    assert reminder.status == Step.Status.PENDING
+    with django_capture_on_commit_callbacks(execute=False):
+        response = operator.post("/admin/drip/step/", {"action": "run_now", "_selected_action": [reminder.pk]}, follow=True)
+    assert "1 step(s) enqueued to run now" in response.content.decode()
+    reminder.refresh_from_db()
+    assert reminder.status == Step.Status.ENQUEUED
+    assert (timezone.now() - reminder.due_at).total_seconds() < 5

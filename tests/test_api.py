@@ -4,16 +4,20 @@ enrollment, authentication, the size limit, and arbitrary JSON that must never b
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test import Client
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from hypothesis import event as hypothesis_event
 
 from drip.consent import has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
+from tests.conftest import flush_broker
 from tests.factories import enroll, make_contact, make_event
 
 TOKEN = "s3cret-token"
@@ -85,6 +89,32 @@ def test_the_same_enrollment_twice_enrolls_once(api):
     assert ConsentRecord.objects.count() == 2  # the same consent is not recorded twice
 
 
+def test_the_same_enrollment_at_the_same_moment_enrolls_once(transactional_db, settings):
+    """Two producers (or one retrying) race: both get a 202, one registration exists."""
+    settings.DRIP_API_TOKEN = TOKEN
+    start = threading.Barrier(4)
+    statuses: list[int] = []
+
+    def post() -> None:
+        try:
+            start.wait()
+            statuses.append(Client().post("/api/events", data=json.dumps(enrolled()), content_type="application/json",
+                                          headers={"Authorization": f"Bearer {TOKEN}"}).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        flush_broker()  # the welcome task nobody consumes here
+    assert statuses == [202] * 4
+    assert (Contact.objects.count(), Registration.objects.count(), Step.objects.count()) == (1, 1, 3)
+
+
 def test_an_enrollment_with_a_new_start_reschedules_the_event(api):
     api(enrolled())
     later = IN_TWO_DAYS + timedelta(days=1)
@@ -103,6 +133,19 @@ def test_it_normalises_the_phone_and_updates_a_known_contact(api):
     assert result["contact"] == "updated"
     contact = Contact.objects.get()
     assert (contact.phone, contact.first_name, contact.last_name) == ("+14155550199", "Augusta", "Lovelace")
+
+
+def test_an_empty_phone_means_the_contact_has_none(api):
+    api(enrolled())
+    api(enrolled(contactPhone=""))
+    assert Contact.objects.get().phone == ""
+
+
+def test_enrolling_in_a_cancelled_event_records_it_and_plans_nothing(api):
+    make_event(external_id="e-webinar", starts_at=IN_TWO_DAYS, status="cancelled")
+    result = api(enrolled()).json()["results"][0]
+    assert (result["registration"], result["eventStatus"], result["stepsPlanned"]) == ("created", "cancelled", 0)
+    assert not Step.objects.exists()
 
 
 def test_a_consent_grant_never_lifts_a_recipients_stop(api):

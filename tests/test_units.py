@@ -143,3 +143,18 @@ def test_every_process_enqueues_to_the_configured_broker():
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert result.stdout.split() == ["drip", "True"], result.stderr
+
+
+def test_a_reschedule_after_the_welcome_ran_does_not_drop_its_message(db):
+    from drip.policy import step_block
+
+    registration = enroll(make_contact(), make_event(starts_in=3600 * 48))
+    event = registration.event
+    event.starts_at = event.starts_at + timedelta(days=1)
+    event.save()
+    welcome = Step.objects.get(registration=registration, key="welcome", plan_version=1)
+    Step.objects.filter(pk=welcome.pk).update(status=Step.Status.DONE)  # it ran before the move
+    welcome.refresh_from_db()
+    assert step_block(welcome, welcome.due_at) is None
+    old_reminder = Step.objects.get(registration=registration, key="reminder_24h", plan_version=1)
+    assert "planned for an old event start" in step_block(old_reminder, old_reminder.due_at).reason

@@ -7,6 +7,7 @@ Demo rows are marked: every external id starts with "sim-". `--cleanup` removes 
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -61,12 +62,14 @@ def human(delta: timedelta) -> str:
 
 
 def when_label(funnel: Funnel, definition: FunnelStep) -> str:
-    """The step's place in funnel time, as the funnel table states it."""
+    """The step's place in funnel time, as the funnel table in DESIGN.md states it."""
     if definition.offset is None:
         return "at enrollment"
     anchor = "start" if funnel is PRE_EVENT else "completion"
     sign = "−" if definition.offset < timedelta(0) else "+"
-    return f"{anchor} {sign} {human(definition.offset)}"
+    hours = abs(definition.offset.total_seconds()) / 3600
+    amount = f"{hours / 24:g} d" if hours >= 48 else f"{hours:g} h"
+    return f"{anchor} {sign} {amount}"
 
 
 def remove_demo_rows() -> Counter[str]:
@@ -122,13 +125,13 @@ class Timeline:
 
 
 class Simulation:
-    def __init__(self, out: OutputWrapper, pause: float, timeout: float) -> None:
+    def __init__(self, out: OutputWrapper, pause: float, timeout: float, cleanup_after: bool = False) -> None:
         self.out = out
+        self.cleanup_after = cleanup_after
         self.pause = pause
         self.timeout = timeout
-        self.run_id = uuid.uuid4().hex[:6]
-        self.prefix = f"{DEMO_PREFIX}{self.run_id}-"
-        self.started = timezone.now()
+        self.prefix = f"{DEMO_PREFIX}{uuid.uuid4().hex[:6]}-"
+        self.started = timezone.now()  # reset when the first event goes out: the timeline's zero
         self.registrations: dict[str, Registration] = {}
         self.timeline: Timeline | None = None
 
@@ -139,6 +142,7 @@ class Simulation:
                        f" (demo ids start with {self.prefix}):")
         for person in PEOPLE:
             self.out.write(f"  {person.describe()}")
+        self.started = timezone.now()
         # For "post" alone the event is already over: enrolling after its start plans no
         # pre-event step, so only the post-event funnel runs.
         starts_at = self.started + (timedelta(hours=-1) if scenario == "post" else timedelta(days=2))
@@ -236,7 +240,8 @@ class Simulation:
             self.out.write(f"  {person.describe():<52} {_counts(counts)}")
         total = Counter(messages.values_list("status", flat=True))
         self.out.write(f"  {sum(total.values())} messages: {_counts(total)}")
-        self.out.write(f'Demo rows have ids starting with "{DEMO_PREFIX}"; remove them with: python manage.py simulate --cleanup')
+        if not self.cleanup_after:
+            self.out.write(f'Demo rows have ids starting with "{DEMO_PREFIX}"; remove them with: python manage.py simulate --cleanup')
 
 
 def _counts(counts: Counter[str]) -> str:
@@ -285,8 +290,13 @@ class Command(BaseCommand):
     def handle(self, *args: Any, scenario: str | None, cleanup: bool, pause: float, timeout: float, **options: Any) -> None:
         if scenario is None and not cleanup:
             raise CommandError("say what to simulate: pre, post or all (or --cleanup alone to remove demo rows)")
+        if options["verbosity"] < 2:
+            # The timeline is this command's output; the planner's log lines (this process's
+            # share of the work) would bury it. -v 2 shows them.
+            for name in ("drip", "campaigns"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         if scenario:
-            Simulation(self.stdout, max(0.0, pause), timeout).run(scenario)
+            Simulation(self.stdout, max(0.0, pause), timeout, cleanup_after=cleanup).run(scenario)
         if cleanup:
             removed = remove_demo_rows()
             what = ", ".join(f"{n} {label}" for label, n in sorted(removed.items())) or "nothing"
