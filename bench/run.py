@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from bench.stub import BenchStub
+from bench.worker import CpuMeter, Ticker, Worker
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
@@ -236,6 +237,25 @@ def measure_fan_out(n: int, worker_ticker=None) -> dict:
     }
 
 
+def measure_set_based_fan_out(n: int) -> dict:
+    """What-if (bench/whatif.py): the same planning as set-based SQL, on the registrations
+    of the fan-out just measured, put back as they were before completion."""
+    from django.utils import timezone
+
+    from bench import world
+    from bench.whatif import set_based_complete_event
+    from drip.models import Event, Registration
+
+    event = Event.objects.get(external_id=f"bench-fanout{n}")
+    world.reset_completion(event)
+    registrations = list(Registration.objects.filter(event=event).order_by("pk").values_list("pk", flat=True))
+    started = time.perf_counter()
+    inserted = set_based_complete_event(event, set(registrations[::2]), timezone.now())
+    seconds = time.perf_counter() - started
+    return {"registrations": n, "seconds": round(seconds, 3), "registrations_per_second": round(n / seconds),
+            "steps_inserted": inserted, "ok": inserted == 3 * n}
+
+
 # --- figures that need the worker -------------------------------------------------------
 
 def measure_noop(app, n: int = 5000) -> dict:
@@ -278,7 +298,7 @@ def dispatch_world(tag: str, n_messages: int) -> tuple:
     return event, {"sorry_missed": registrations[:email_only], "reengagement": registrations[email_only:]}
 
 
-def measure_dispatch(stub: BenchStub, n_messages: int, lead: float) -> dict:
+def measure_dispatch(stub: BenchStub, worker, n_messages: int, lead: float) -> dict:
     """n_messages from "due" to "accepted by the stub". The steps are inserted pending, due
     `lead` seconds from now; the ticker's dispatch_due_steps claims them (they are inside the
     enqueue horizon) and the worker runs them when due, as in production. With lead=0 they
@@ -296,7 +316,11 @@ def measure_dispatch(stub: BenchStub, n_messages: int, lead: float) -> dict:
     for key, registration_ids in groups.items():
         world.insert_steps(event, registration_ids, key, due)
     t_due = due.timestamp()
+    cpu = CpuMeter(worker)
+    time.sleep(max(0.0, t_due - time.time()))
+    cpu.mark_window()
     finished = stub.wait_for(n_messages, timeout=lead + min(240, remaining(reserve=150)))
+    cpu_use = cpu.stop(n_messages)
     receipts = stub.receipts()
     last = max((r.at for r in receipts), default=t_due)
     seconds = last - t_due
@@ -315,7 +339,7 @@ def measure_dispatch(stub: BenchStub, n_messages: int, lead: float) -> dict:
         "by_channel": dict(Counter(r.kind for r in receipts)), "duplicates": duplicates,
         "sent_in_db": Message.objects.filter(status=Message.Status.SENT, step__registration__event=event).count(),
         "seconds": round(seconds, 3), "messages_per_second": round(len(receipts) / seconds, 1) if seconds > 0 else None,
-        "stages": stages,
+        "stages": stages, "cpu": cpu_use,
     }
 
 
@@ -451,9 +475,6 @@ def table(results: dict) -> str:
         rows.append((f"no-op task, {noop['tasks']:,} tasks", f"{noop['tasks_per_second']} tasks/s", "", ""))
     if "ratio" in results:
         rows.append(("dispatch / no-op", f"{results['ratio']:.3f}", f">= {GOALS['dispatch_ratio']}", mark(results["ratio_ok"])))
-    b = results.get("dispatch_backlog")
-    if b:
-        rows.append((f"dispatch, backlog (due when claimed)", f"{b['messages_per_second']} msg/s ({b['seconds']:.1f} s)", "", ""))
     m = results.get("memory")
     if m:
         rows.append((f"worker RSS, {m['far_steps_pending']:,} steps days ahead", f"{m['rss_delta_mb']:+.2f} MB "
@@ -471,6 +492,17 @@ def table(results: dict) -> str:
         per = ", ".join(f"{v['per_message']:g}" for k, v in q["send_message"].items() if k.startswith("email"))
         per_sms = ", ".join(f"{v['per_message']:g}" for k, v in q["send_message"].items() if k.startswith("sms"))
         rows.append(("queries per sent message (1/10/100)", f"email {per}; sms {per_sms}", f"constant, <= {GOALS['queries_per_message']}", mark(q["ok"])))
+    what_if = results.get("what_if", {})
+    if what_if:
+        rows.append(("what-if (bench/whatif.py, not project code):", "", "", ""))
+    for f in what_if.get("set_based_fan_out", []):
+        rows.append((f"  set-based fan-out, {f['registrations']:,}", f"{f['seconds']:.2f} s = {f['registrations_per_second']:,}/s",
+                     f">= {GOALS['fan_out_per_second']:,}/s", mark(f["ok"] and f["registrations_per_second"] >= GOALS["fan_out_per_second"])))
+    reuse = what_if.get("db_reuse")
+    if reuse and reuse.get("dispatch", {}).get("messages_per_second"):
+        rows.append(("  dispatch, worker keeps its DB connection", f"{reuse['dispatch']['messages_per_second']} msg/s; "
+                     f"no-op {reuse['noop']['tasks_per_second']}/s; ratio {reuse['ratio']:.3f}",
+                     f">= {GOALS['dispatch_ratio']}", mark(reuse["ratio"] >= GOALS["dispatch_ratio"])))
     width = [max(len(r[i]) for r in rows + [("figure", "value", "goal", "met")]) for i in range(4)]
     lines = [" | ".join(h.ljust(width[i]) for i, h in enumerate(("figure", "value", "goal", "met")))]
     lines.append("-+-".join("-" * w for w in width))
@@ -502,6 +534,17 @@ def write_results(results: dict) -> None:
 
 # --- main -------------------------------------------------------------------------------
 
+def start_worker(app, name: str, env: dict[str, str]) -> Worker:
+    worker = Worker(name, env)
+    worker.wait_ready(app)
+    say(f"{name} up (pid {worker.pid}, pool {worker.pool_pids()})")
+    # Both pool processes busy at once, so both have forked, imported and connected.
+    for _ in range(4):
+        app.send_task("bench.sleep", args=(0.2,))
+    measure_noop(app, 200)
+    return worker
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the harness (not for the README)")
@@ -532,32 +575,26 @@ def main() -> int:
     results: dict = {
         "generated_at": datetime.now().astimezone().isoformat(timespec="seconds"), "quick": args.quick,
         "command": "make bench", "machine": machine(),
-        "settings": {name: getattr(settings, name) for name in
+        "settings": {name: getattr(settings, name, None) for name in
                      ("DRIP_TIME_SCALE", "DRIP_ENQUEUE_HORIZON", "DRIP_DISPATCH_INTERVAL", "DRIP_RECONCILE_INTERVAL",
-                      "DRIP_RECONCILE_GRACE", "DEBUG", "CELERY_TASK_ACKS_LATE", "CELERY_WORKER_PREFETCH_MULTIPLIER")}
+                      "DRIP_RECONCILE_GRACE", "DRIP_RATE_LIMITS", "DEBUG", "CELERY_TASK_ACKS_LATE",
+                      "CELERY_WORKER_PREFETCH_MULTIPLIER")}
         | {"CONN_MAX_AGE": settings.DATABASES["default"].get("CONN_MAX_AGE"), "worker": "prefork, concurrency 2"},
-        "goals": GOALS,
+        "goals": GOALS, "what_if": {},
     }
+    from bench.celery_bench import app
 
     say("queries per sent message (in-process, against the stub)")
     results["queries"] = measure_queries(stub)
     say(f"fan-out {sizes['fan_out'][0]:,} registrations")
     results["fan_out"] = [measure_fan_out(sizes["fan_out"][0])]
     say(f"fan-out {sizes['fan_out'][0]:,}: {results['fan_out'][0]['seconds']} s")
-
-    from bench.celery_bench import app
-    from bench.worker import Ticker, Worker
+    results["what_if"]["set_based_fan_out"] = [measure_set_based_fan_out(sizes["fan_out"][0])]
 
     world.wipe()
-    worker = Worker("worker", worker_env)
-    ticker = None
+    worker, ticker = None, None
     try:
-        worker.wait_ready(app)
-        say(f"worker up (pid {worker.pid}, pool {worker.pool_pids()})")
-        # Both pool processes busy at once, so both have forked, imported and connected.
-        for _ in range(4):
-            app.send_task("bench.sleep", args=(0.2,))
-        measure_noop(app, 200)
+        worker = start_worker(app, "worker", worker_env)
         ticker = Ticker(app).start()
         time.sleep(2)
 
@@ -566,7 +603,7 @@ def main() -> int:
         say(f"no-op: {results['noop']['tasks_per_second']} tasks/s")
 
         say(f"dispatch, {sizes['dispatch']:,} messages due together")
-        results["dispatch"] = measure_dispatch(stub, sizes["dispatch"], lead=10)
+        results["dispatch"] = measure_dispatch(stub, worker, sizes["dispatch"], lead=10)
         say(f"dispatch: {results['dispatch']['messages_per_second']} msg/s")
         if results["noop"].get("tasks_per_second") and results["dispatch"].get("messages_per_second"):
             results["ratio"] = round(results["dispatch"]["messages_per_second"] / results["noop"]["tasks_per_second"], 4)
@@ -575,7 +612,7 @@ def main() -> int:
 
         results["lateness"] = []
         for spread in (60.0, 0.0):
-            if remaining(reserve=150) < 30 + spread:
+            if remaining(reserve=200) < 30 + spread:
                 say(f"lateness (spread {spread:g} s) skipped: out of time")
                 continue
             say(f"lateness, {sizes['lateness']:,} steps, spread {spread:g} s")
@@ -590,9 +627,19 @@ def main() -> int:
     finally:
         if ticker:
             ticker.stop()
-        worker.kill()  # it may hold thousands of 3-day ETA tasks: no point in a warm shutdown
+        if worker:
+            worker.kill()  # it may hold thousands of 3-day ETA tasks: no point in a warm shutdown
         reset_broker()
-        stub.close()
+    write_results(results)
+
+    if remaining() > 60:
+        say(f"what-if: set-based fan-out, {sizes['fan_out'][1]:,} registrations")
+        results["what_if"]["set_based_fan_out"].append(measure_set_based_fan_out(sizes["fan_out"][1]))
+    world.wipe()
+    if remaining() > 150:
+        say("what-if: worker keeping its database connection (CELERY_DB_REUSE_MAX)")
+        results["what_if"]["db_reuse"] = measure_db_reuse_what_if(app, stub, worker_env, sizes)
+    stub.close()
     world.wipe()
     results["duration_seconds"] = round(time.monotonic() - STARTED, 1)
     results["table"] = table(results).splitlines()
@@ -600,6 +647,26 @@ def main() -> int:
     print(table(results))
     print(f"\nwrote {RESULTS.relative_to(HERE.parent)} in {results['duration_seconds']} s", flush=True)
     return 0
+
+
+def measure_db_reuse_what_if(app, stub: BenchStub, worker_env: dict[str, str], sizes: dict) -> dict:
+    """The dispatch figure again, with a worker whose pool processes keep their PostgreSQL
+    connection across tasks (Celery's CELERY_DB_REUSE_MAX; set by bench/celery_bench.py)."""
+    worker, ticker = None, None
+    try:
+        worker = start_worker(app, "worker-db-reuse", {**worker_env, "BENCH_WHATIF_DB_REUSE_MAX": "1000"})
+        ticker = Ticker(app).start()
+        noop = measure_noop(app, sizes["noop"])
+        dispatch = measure_dispatch(stub, worker, sizes["dispatch"], lead=10)
+        say(f"what-if dispatch: {dispatch['messages_per_second']} msg/s")
+    finally:
+        if ticker:
+            ticker.stop()
+        if worker:
+            worker.kill()
+        reset_broker()
+    ratio = dispatch["messages_per_second"] / noop["tasks_per_second"] if dispatch.get("messages_per_second") and noop.get("tasks_per_second") else None
+    return {"CELERY_DB_REUSE_MAX": 1000, "noop": noop, "dispatch": dispatch, "ratio": round(ratio, 4) if ratio else None}
 
 
 if __name__ == "__main__":

@@ -161,3 +161,60 @@ class Ticker:
                     self.app.send_task(task, **options)
                     self.sent += 1
                     next_at[task] = now + every
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (the pool processes live as long as the worker)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
+
+
+class CpuMeter:
+    """Where the CPU went during a measurement: the worker, this process (the bench, its
+    stub and ticker), and the rest of the machine (PostgreSQL backends, Redis, anything
+    else running)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.pids = [worker.pid, *worker.pool_pids()]
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float, float, float]:
+        busy, total = machine_cpu_seconds()
+        own = os.times()
+        return busy, total, process_cpu_seconds(self.pids), own.user + own.system
+
+    def mark_window(self) -> None:
+        """Start of the window over which the machine's busy share is reported (the CPU
+        totals still count from construction)."""
+        self.window = machine_cpu_seconds()
+
+    def stop(self, units: int) -> dict:
+        end = self._read()
+        busy, total, worker, bench = (b - a for a, b in zip(self.start, end, strict=True))
+        rest = max(0.0, busy - worker - bench)
+        per = 1000 / units if units else 0
+        w_busy, w_total = (b - a for a, b in zip(getattr(self, "window", self.start[:2]), end[:2], strict=True))
+        return {
+            "machine_busy_percent": round(100 * w_busy / w_total, 1) if w_total else None,
+            "worker_cpu_s": round(worker, 2), "bench_process_cpu_s": round(bench, 2), "rest_cpu_s": round(rest, 2),
+            "worker_cpu_ms_per_message": round(worker * per, 2), "rest_cpu_ms_per_message": round(rest * per, 2),
+        }

@@ -34,6 +34,16 @@ def analyze() -> None:
         cursor.execute(f"ANALYZE {', '.join(tables)}")
 
 
+def reset_completion(event: Event) -> None:
+    """Put an event back as it was before complete_event: scheduled, attendance unknown, no
+    steps (and the dead rows vacuumed, so the next insert starts from a clean table)."""
+    Step.objects.filter(registration__event=event).delete()
+    Registration.objects.filter(event=event).update(attended=None)
+    Event.objects.filter(pk=event.pk).update(status=Event.Status.SCHEDULED, completed_at=None)
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {Step._meta.db_table}, {Registration._meta.db_table}")
+
+
 def make_event(tag: str, *, completed_at: datetime | None = None, starts_in: timedelta = timedelta(days=2)) -> Event:
     now = timezone.now()
     starts_at = (completed_at - timedelta(hours=1)) if completed_at else now + starts_in

@@ -12,4 +12,6 @@ python manage.py migrate --noinput
 python manage.py collectstatic --noinput >/dev/null
 python manage.py bootstrap_demo
 echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ (demo login admin / admin), Flower http://127.0.0.1:5555, API token: ${DRIP_API_TOKEN:-unset}" >&2
-exec honcho start
+# honcho hands each process a PORT counted from its base port (5000 unless told): web first.
+export PORT="${PORT:-8000}"
+exec honcho start --port "$PORT"
