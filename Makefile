@@ -10,7 +10,9 @@ install: $(STAMP)
 
 # Re-install only when requirements.txt changes; the stamp records the last good install.
 $(STAMP): requirements.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV) || { \
+		echo "Could not create $(VENV): on Debian/Ubuntu install the venv module with 'sudo apt-get install python3-venv'." >&2; \
+		rm -rf $(VENV); exit 1; }
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $(STAMP)
 

@@ -25,12 +25,13 @@ def _beat_schedule() -> dict:
         "drip-dispatch-due-steps": {
             "task": "drip.tasks.dispatch_due_steps",
             "schedule": settings.DRIP_DISPATCH_INTERVAL,
-            "options": {"expires": settings.DRIP_DISPATCH_INTERVAL * 2},
+            # Stale ticks are dropped, so a worker that was down does not face a pile of them.
+            "options": {"expire_seconds": int(settings.DRIP_DISPATCH_INTERVAL * 2)},
         },
         "drip-reconcile": {
             "task": "drip.tasks.reconcile",
             "schedule": settings.DRIP_RECONCILE_INTERVAL,
-            "options": {"expires": settings.DRIP_RECONCILE_INTERVAL * 2},
+            "options": {"expire_seconds": int(settings.DRIP_RECONCILE_INTERVAL * 2)},
         },
     }
 

@@ -146,22 +146,23 @@ def _flush(batch: list[Step], summary: CompletionSummary) -> None:
 
 
 def replan_post_event(registration: Registration, now: datetime | None = None) -> list[Step]:
-    """Attendance changed after completion: the open steps of the old branch are cancelled
-    and the new branch planned from the same completion time (past-due steps skipped)."""
+    """Attendance changed after completion: the other branch's open steps are cancelled and
+    whatever this branch lacks is planned from the same completion time (past-due steps
+    skipped). Steps of this branch already done or still open are kept, so flipping twice
+    neither repeats a sent message nor loses the rest of the branch."""
     now = now or timezone.now()
     event = Event.objects.get(pk=registration.event_id)  # the cached one may predate completion
     if event.status != Event.Status.COMPLETED or registration.status != Registration.Status.ACTIVE:
         return []
     branch = POST_EVENT.branch_for(registration)
+    keys = [d.key for d in POST_EVENT.steps_for(branch)]
     with transaction.atomic():
         post_steps = Step.objects.filter(registration=registration, funnel=POST_EVENT.name)
-        keys = [d.key for d in POST_EVENT.steps_for(branch)]
-        if post_steps.filter(key__in=keys).exclude(status=Step.Status.CANCELLED).exists():
-            return []  # already on this branch
-        cancel_open_steps(post_steps, f"attendance changed: now {branch}", now)
+        cancel_open_steps(post_steps.exclude(key__in=keys), f"attendance changed: now {branch}", now)
+        kept = set(post_steps.filter(key__in=keys).exclude(status=Step.Status.CANCELLED).values_list("key", flat=True))
+        missing = [d for d in POST_EVENT.steps_for(branch) if d.key not in kept]
+        if not missing:
+            return []
         version = (post_steps.aggregate(v=Max("plan_version"))["v"] or 0) + 1
-        steps = [
-            build_step(POST_EVENT, d, registration.pk, event.completed_at, now, version)
-            for d in POST_EVENT.steps_for(branch)
-        ]
+        steps = [build_step(POST_EVENT, d, registration.pk, event.completed_at, now, version) for d in missing]
         return schedule_steps(steps)

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
-from drip.models import Event, Registration, Step
+from drip.models import Event, Message, Registration, Step
 from drip.scheduler import schedule_steps
 
 from .funnels import PRE_EVENT, Funnel, FunnelStep, scaled
@@ -52,32 +52,65 @@ def plan_pre_event_steps(registration: Registration, now: datetime | None = None
 
 
 def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
-    """The event moved: every open pre-event step is cancelled and planned again, as a new
-    plan version, for the new start. Done and skipped steps stay as they were."""
+    """The event moved: every pre-event step that has not yet reached a recipient is
+    cancelled and planned again, as a new plan version, for the new start.
+
+    That is the open steps, a step running right now (its own finish is conditional on
+    still being "running", so it rolls back), and a step done for the old start whose
+    messages are all still queued (they are skipped here). What was sent stays sent."""
     now = now or timezone.now()
+    reason = f"event rescheduled to {event.starts_at.isoformat()}: re-planned"
     with transaction.atomic():
-        open_steps = list(
-            Step.objects.select_for_update()
-            .filter(registration__event=event, funnel=PRE_EVENT.name, status__in=Step.OPEN)
+        # Lock only the step rows: locking the joined registrations too would take locks in
+        # the opposite order to a concurrent registration cancel, and could deadlock.
+        unfinished = list(
+            Step.objects.select_for_update(of=("self",))
+            .filter(registration__event=event, funnel=PRE_EVENT.name, status__in=[*Step.OPEN, Step.Status.RUNNING])
             .values_list("id", "registration_id", "key")
         )
-        if not open_steps:
-            return []
-        cancelled = Step.objects.filter(id__in=[s[0] for s in open_steps], status__in=Step.OPEN).update(
-            status=Step.Status.CANCELLED, finished_at=now,
-            reason=f"event rescheduled to {event.starts_at.isoformat()}: re-planned",
+        Step.objects.filter(id__in=[s[0] for s in unfinished], status__in=[*Step.OPEN, Step.Status.RUNNING]).update(
+            status=Step.Status.CANCELLED, finished_at=now, reason=reason
         )
-        if event.starts_at <= now or event.status != Event.Status.SCHEDULED:
-            log.info("event %s rescheduled into the past: %d open steps cancelled", event.pk, cancelled)
+        undelivered = _done_but_undelivered(event, reason)
+        to_replan = unfinished + undelivered
+        if not to_replan:
             return []
-        versions = _latest_versions(s[1] for s in open_steps)
+        if event.starts_at <= now or event.status != Event.Status.SCHEDULED:
+            log.info("event %s rescheduled into the past: %d steps cancelled", event.pk, len(to_replan))
+            return []
+        versions = _latest_versions(s[1] for s in to_replan)
         steps = [
             build_step(PRE_EVENT, PRE_EVENT.step(key), reg_id, event.starts_at, now, versions[(reg_id, key)] + 1)
-            for _, reg_id, key in open_steps
+            for _, reg_id, key in to_replan
         ]
         created = schedule_steps(steps)
     log.info("event %s rescheduled to %s: %d steps re-planned", event.pk, event.starts_at.isoformat(), len(created))
     return created
+
+
+def _done_but_undelivered(event: Event, reason: str) -> list[tuple[int, int, str]]:
+    """Steps done for an old start whose messages have not started sending: their queued
+    messages are skipped and the steps planned again. The welcome is not tied to the start
+    (it renders the current one), so it is left to go out."""
+    timed_keys = [d.key for d in PRE_EVENT.steps if d.offset is not None]
+    gone = [Message.Status.SENDING, Message.Status.SENT, Message.Status.DELIVERED, Message.Status.FAILED, Message.Status.BOUNCED]
+    rows = list(
+        Step.objects.filter(registration__event=event, funnel=PRE_EVENT.name, status=Step.Status.DONE, key__in=timed_keys)
+        .exclude(anchor_at=event.starts_at)
+        .annotate(
+            queued=Count("messages", filter=Q(messages__status=Message.Status.QUEUED)),
+            gone=Count("messages", filter=Q(messages__status__in=gone)),
+        )
+        .filter(queued__gt=0, gone=0)
+        .values_list("id", "registration_id", "key")
+    )
+    if rows:
+        # Conditional: a message claimed meanwhile goes on to its send-time check, which
+        # skips it for the old start.
+        Message.objects.filter(step_id__in=[r[0] for r in rows], status=Message.Status.QUEUED).update(
+            status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now()
+        )
+    return rows
 
 
 def _latest_versions(registration_ids: Iterable[int]) -> dict[tuple[int, str], int]:

@@ -2,8 +2,11 @@
 and the read-only audit of steps and messages."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -12,7 +15,8 @@ from django.utils import timezone
 
 from .consent import has_consent, latest_record, record_consent
 from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
-from .validation import normalize_phone
+from .rendering import format_when
+from .validation import normalize_phone, validate_timezone
 
 
 class ConsentInline(admin.TabularInline):
@@ -120,19 +124,35 @@ class CompleteEventForm(forms.Form):
         queryset=Registration.objects.none(), required=False, widget=forms.CheckboxSelectMultiple,
         help_text="Everyone not ticked (and not already marked attended) follows the no-show branch.",
     )
-    completed_at = forms.DateTimeField(required=False, help_text="When the event ended; empty means now.")
+    completed_at = forms.DateTimeField(required=False, help_text="When the event ended, in UTC; empty means now.")
 
     def __init__(self, event: Event, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fields["attended"].queryset = event.registrations.filter(status=Registration.Status.ACTIVE).select_related("contact")
 
+    def clean_completed_at(self) -> datetime | None:
+        value = self.cleaned_data.get("completed_at")
+        if value is not None and value > timezone.now() + timedelta(minutes=5):
+            raise forms.ValidationError("An event cannot be completed in the future.")
+        return value
+
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ("title", "external_id", "starts_at", "timezone", "status", "completed_at")
+    list_display = ("title", "external_id", "starts_at", "local_start", "status", "completed_at")
     list_filter = ("status",)
     search_fields = ("title", "external_id")
     actions = ["complete_event", "cancel_events"]
+    # Status changes go through the actions, which also start or stop the funnels.
+    readonly_fields = ("local_start", "status", "completed_at")
+
+    @admin.display(description="start in the event's time zone")
+    def local_start(self, event: Event) -> str:
+        try:
+            validate_timezone(event.timezone)
+        except ValidationError:  # a form being corrected still holds the bad value
+            return "-"
+        return format_when(event.starts_at, event.timezone) if event.starts_at else "-"
 
     @admin.action(description="Complete event and start the post-event funnel…")
     def complete_event(self, request: HttpRequest, queryset: QuerySet[Event]) -> HttpResponse | None:

@@ -87,7 +87,9 @@ class Event(models.Model):
 
     external_id = models.CharField(max_length=200, unique=True, default=new_external_id)
     title = models.CharField(max_length=300)
-    starts_at = models.DateTimeField("scheduled start")
+    starts_at = models.DateTimeField(
+        "scheduled start", help_text="In UTC. Saving shows it in the event's own time zone; changing it re-plans the reminders."
+    )
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
     join_url = models.URLField(max_length=500, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.SCHEDULED)
@@ -204,6 +206,8 @@ class Message(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     # When the next attempt is due: the reconciler re-enqueues a queued message past it.
     next_attempt_at = models.DateTimeField(default=timezone.now)
+    # A send slot this message already holds under the shared rate limit (see ratelimit.py).
+    rate_slot_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     # Set right before the provider call: a message stuck in "sending" without it never

@@ -15,18 +15,39 @@ class Block(NamedTuple):
     reason: str
 
 
+CANCELLED_REASONS = ("registration cancelled", "event cancelled")
+
+
+def step_expiry(step: Step) -> datetime | None:
+    """Pre-event steps expire at the event's start as it is *now*, not as it was when they
+    were planned: an event moved earlier must not get a late "starts in 1 hour"."""
+    from campaigns.funnels import FUNNELS
+
+    funnel = FUNNELS.get(step.funnel)
+    if funnel is not None and funnel.expires_at_anchor:
+        return funnel.anchor(step.registration.event)
+    return step.expires_at
+
+
 def step_block(step: Step, now: datetime) -> Block | None:
     from campaigns.funnels import funnel_step
 
-    funnel, _ = funnel_step(step)
+    try:
+        funnel, _ = funnel_step(step)
+    except KeyError:
+        return Block(Step.Status.SKIPPED, f"funnel step {step.funnel}/{step.key} is no longer defined")
     registration: Registration = step.registration
     reason = funnel.blocking_reason(step, registration, registration.event)
     if reason:
-        cancelled = reason in ("registration cancelled", "event cancelled")
-        return Block(Step.Status.CANCELLED if cancelled else Step.Status.SKIPPED, reason)
-    if step.expires_at is not None and now >= step.expires_at:
-        return Block(Step.Status.SKIPPED, f"expired at {step.expires_at.isoformat()} (event start)")
+        return Block(Step.Status.CANCELLED if reason in CANCELLED_REASONS else Step.Status.SKIPPED, reason)
+    expires = step_expiry(step)
+    if expires is not None and now >= expires:
+        return Block(Step.Status.SKIPPED, f"expired at {expires.isoformat()} (event start)")
     return None
+
+
+def message_expiry(message: Message) -> datetime | None:
+    return step_expiry(message.step) if message.step_id is not None else message.expires_at
 
 
 def channel_block_reason(contact: Contact, channel: str) -> str:
@@ -42,8 +63,16 @@ def message_block(message: Message, now: datetime) -> Block | None:
         block = step_block(message.step, now)
         if block:
             return Block(Message.Status.SKIPPED, block.reason)
-    if message.expires_at is not None and now >= message.expires_at:
-        return Block(Message.Status.SKIPPED, f"expired at {message.expires_at.isoformat()}")
+    elif message.registration_id is not None:
+        # A direct send about a registration follows the registration's fate too.
+        registration = message.registration
+        if registration.status != Registration.Status.ACTIVE:
+            return Block(Message.Status.SKIPPED, "registration cancelled")
+        if registration.event.status == registration.event.Status.CANCELLED:
+            return Block(Message.Status.SKIPPED, "event cancelled")
+    expires = message_expiry(message)
+    if expires is not None and now >= expires:
+        return Block(Message.Status.SKIPPED, f"expired at {expires.isoformat()}")
     reason = channel_block_reason(message.contact, message.channel)
     if reason:
         return Block(Message.Status.SKIPPED, reason)

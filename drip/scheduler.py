@@ -62,7 +62,7 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
         Step.objects.filter(id__in=candidates, status=Step.Status.PENDING).update(
             status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token
         )
-        claimed = list(Step.objects.filter(dispatch_token=token).values_list("id", "due_at"))
+        claimed = list(Step.objects.filter(id__in=candidates, dispatch_token=token).values_list("id", "due_at"))
         transaction.on_commit(lambda: enqueue_step_tasks(claimed))
     return claimed
 
@@ -127,12 +127,18 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
         lost_enqueued = lost_enqueued.filter(due_at__lt=stale, enqueued_at__lt=stale)
     lost_running = Step.objects.filter(status=Step.Status.RUNNING, started_at__lt=stale)
     with transaction.atomic():
-        n = lost_enqueued.update(enqueued_at=now, dispatch_token=token)
-        n += lost_running.update(status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token)
-        if n:
-            claimed = list(Step.objects.filter(dispatch_token=token).values_list("id", "due_at"))
+        enqueued_ids = list(lost_enqueued.values_list("id", flat=True)[:CLAIM_BATCH])
+        running_ids = list(lost_running.values_list("id", flat=True)[:CLAIM_BATCH])
+        Step.objects.filter(id__in=enqueued_ids, status=Step.Status.ENQUEUED).update(enqueued_at=now, dispatch_token=token)
+        Step.objects.filter(id__in=running_ids, status=Step.Status.RUNNING).update(
+            status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token
+        )
+        claimed = list(
+            Step.objects.filter(id__in=enqueued_ids + running_ids, dispatch_token=token).values_list("id", "due_at")
+        )
+        if claimed:
             transaction.on_commit(lambda: enqueue_step_tasks(claimed))
-    return n
+    return len(claimed)
 
 
 def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -> int:

@@ -12,14 +12,14 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from .channels import TransportError, transport_for
 from .consent import record_consent
 from .logs import IdsAdapter, message_log
 from .models import Channel, ConsentRecord, Message
-from .policy import message_block
+from .policy import message_block, message_expiry
 from .ratelimit import reserve_send_slot
 from .rendering import Rendered, RenderError, render_message
 from .sms import sms_segments
@@ -53,20 +53,26 @@ def send_message(message_id: int) -> None:
         _finish(message, Message.Status.FAILED, error=str(exc))
         log.error("%s %s failed: %s", message.template_type, message.channel, exc)
         return
-    slot = reserve_send_slot(message.channel)
-    if not slot.reserved:
-        _requeue(message, slot.wait, error=None, count_attempt=False)
-        log.debug("rate limit: %s deferred %.2fs", message.channel, slot.wait)
+    wait = _rate_limit_wait(message)
+    if wait > settings.DRIP_RATE_LIMIT_MAX_SLEEP:
+        _requeue(message, wait, error=None, count_attempt=False, rate_slot=True)
+        log.debug("rate limit: %s slot in %.2fs; back to the queue until then", message.channel, wait)
         return
-    time.sleep(slot.wait)  # at most DRIP_RATE_LIMIT_MAX_SLEEP: the slot is ours
+    time.sleep(wait)  # a short wait for a slot that is ours
     message.to = message.contact.address_for(message.channel)
-    Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(
+    recorded = _mine(message).filter(sending_at__isnull=True).update(
         to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
-        sending_at=timezone.now(), **_sms_length(message, rendered, log),
+        sending_at=timezone.now(), rate_slot_at=None, **_sms_length(message, rendered, log),
     )
+    if not recorded:
+        # We stalled long enough for the reconciler to take the message back and hand it
+        # to another task: that one sends it, this one must not.
+        log.warning("%s %s taken back by the reconciler; not sending", message.template_type, message.channel)
+        return
     # Checked again right before the provider call: nothing goes out after expiry.
-    if message.expires_at is not None and timezone.now() >= message.expires_at:
-        _finish(message, Message.Status.SKIPPED, error=f"expired at {message.expires_at.isoformat()}")
+    expires = message_expiry(message)
+    if expires is not None and timezone.now() >= expires:
+        _finish(message, Message.Status.SKIPPED, error=f"expired at {expires.isoformat()}")
         log.info("%s %s skipped: expired before the provider call", message.template_type, message.channel)
         return
     try:
@@ -79,6 +85,12 @@ def send_message(message_id: int) -> None:
     log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
 
 
+def _rate_limit_wait(message: Message) -> float:
+    if message.rate_slot_at is not None:  # reserved on an earlier pass: it is ours now
+        return max(0.0, (message.rate_slot_at - timezone.now()).total_seconds())
+    return reserve_send_slot(message.channel)
+
+
 def _sms_length(message: Message, rendered: Rendered, log: IdsAdapter) -> dict[str, object]:
     if message.channel != Channel.SMS:
         return {}
@@ -88,12 +100,14 @@ def _sms_length(message: Message, rendered: Rendered, log: IdsAdapter) -> dict[s
     return {"sms_encoding": encoding, "sms_segments": segments}
 
 
+def _mine(message: Message) -> QuerySet[Message]:
+    """The row as long as this task's claim holds: each claim bumps `attempts`, so a claim
+    taken over by the reconciler and another task no longer matches."""
+    return Message.objects.filter(id=message.id, status=Message.Status.SENDING, attempts=message.attempts)
+
+
 def _finish(message: Message, status: str, **fields: object) -> bool:
-    return bool(
-        Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(
-            status=status, updated_at=timezone.now(), **fields
-        )
-    )
+    return bool(_mine(message).update(status=status, updated_at=timezone.now(), **fields))
 
 
 def retry_delay(attempt: int) -> float:
@@ -103,7 +117,7 @@ def retry_delay(attempt: int) -> float:
 
 
 def _on_transport_error(message: Message, exc: TransportError, log: IdsAdapter) -> None:
-    attempts = Message.objects.values_list("attempts", flat=True).get(id=message.id)
+    attempts = message.attempts
     if exc.revoke_consent:
         record_consent(
             message.contact, message.channel, False, ConsentRecord.Source.PROVIDER,
@@ -119,14 +133,15 @@ def _on_transport_error(message: Message, exc: TransportError, log: IdsAdapter) 
     log.warning("%s %s attempt %d failed, retry in %.1fs: %s", message.template_type, message.channel, attempts, delay, exc.message)
 
 
-def _requeue(message: Message, delay: float, error: str | None, count_attempt: bool) -> None:
+def _requeue(message: Message, delay: float, error: str | None, count_attempt: bool, rate_slot: bool = False) -> None:
     """Back to queued, to be sent again in `delay` real seconds. A rate-limit deferral is
-    not an attempt; a provider error is, and records its error."""
+    not an attempt and keeps its reserved slot; a provider error is, and records its error."""
     from .tasks import send_message as send_task
 
+    at = timezone.now() + timedelta(seconds=delay)
     fields: dict[str, object] = {
         "status": Message.Status.QUEUED, "sending_at": None, "updated_at": timezone.now(),
-        "next_attempt_at": timezone.now() + timedelta(seconds=delay),
+        "next_attempt_at": at, "rate_slot_at": at if rate_slot else None,
     }
     if error is not None:
         fields["error"] = error
@@ -135,5 +150,5 @@ def _requeue(message: Message, delay: float, error: str | None, count_attempt: b
     with transaction.atomic():
         # The row is the timer here too: if this countdown task is lost, the reconciler
         # re-enqueues the message once next_attempt_at has passed.
-        if Message.objects.filter(id=message.id, status=Message.Status.SENDING).update(**fields):
-            transaction.on_commit(lambda: send_task.apply_async((message.id,), countdown=delay))
+        if _mine(message).update(**fields):
+            transaction.on_commit(lambda: send_task.apply_async((message.id,), eta=at))

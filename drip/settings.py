@@ -139,7 +139,8 @@ if DRIP_TIME_SCALE <= 0:
 # Steps due within this many (real) seconds are handed to Celery with an ETA; later ones wait
 # in the database until the dispatcher brings them into the horizon.
 DRIP_ENQUEUE_HORIZON = env_float("DRIP_ENQUEUE_HORIZON", 300.0, minimum=1)
-DRIP_DISPATCH_INTERVAL = env_float("DRIP_DISPATCH_INTERVAL", 5.0, minimum=0.5)
+# Whole seconds: django-celery-beat stores intervals as integers.
+DRIP_DISPATCH_INTERVAL = env_float("DRIP_DISPATCH_INTERVAL", 5.0, minimum=1)
 DRIP_RECONCILE_INTERVAL = env_float("DRIP_RECONCILE_INTERVAL", 30.0, minimum=1)
 # A step or message left behind longer than this (real seconds) is taken as a lost enqueue.
 DRIP_RECONCILE_GRACE = env_float("DRIP_RECONCILE_GRACE", 120.0, minimum=0.1)

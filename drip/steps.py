@@ -24,6 +24,7 @@ def run_step(step_id: int) -> None:
         id=step_id, status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE
     ).update(status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
     if not claimed:
+        _rearm_if_early(step_id, now)
         return  # already run, cancelled, re-planned or not due: a duplicate does nothing
     step = Step.objects.select_related("registration__event", "registration__contact").get(id=step_id)
     log = step_log(step)
@@ -35,6 +36,17 @@ def run_step(step_id: int) -> None:
         log.info("step %s %s: %s", step.key, block.status, block.reason)
         return
     _create_messages(step, now, log)
+
+
+def _rearm_if_early(step_id: int, now: datetime) -> None:
+    """A task that arrives before its step is due (clocks of hosts apart by more than the
+    tolerance) asks again at the due time rather than leaving the step to the reconciler.
+    Duplicates this may create are harmless: only one claim can win."""
+    from .tasks import run_step as run_step_task
+
+    due = Step.objects.filter(id=step_id, status=Step.Status.ENQUEUED, due_at__gt=now + EARLY_TOLERANCE).values_list("due_at", flat=True).first()
+    if due is not None:
+        run_step_task.apply_async((step_id,), eta=due)
 
 
 def _create_messages(step: Step, now: datetime, log: IdsAdapter) -> None:

@@ -14,4 +14,7 @@ python manage.py bootstrap_demo
 echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ (demo login admin / admin), Flower http://127.0.0.1:5555, API token: ${DRIP_API_TOKEN:-unset}" >&2
 # honcho hands each process a PORT counted from its base port (5000 unless told): web first.
 export PORT="${PORT:-8000}"
-exec honcho start --port "$PORT"
+# The demo superuser's password is public: listen on loopback only unless told otherwise.
+export WEB_BIND="${WEB_BIND:-127.0.0.1}"
+# Not exec: the EXIT trap must still stop a redis-server this script started.
+honcho start --port "$PORT"

@@ -149,3 +149,19 @@ def test_run_now_makes_pending_steps_due_at_once(operator, django_capture_on_com
     reminder.refresh_from_db()
     assert reminder.status == Step.Status.ENQUEUED
     assert (timezone.now() - reminder.due_at).total_seconds() < 5
+
+
+def test_completing_in_the_future_is_refused_and_status_is_not_editable(operator):
+    event = make_event(starts_in=-7200)
+    page = operator.post("/admin/drip/event/", {
+        "action": "complete_event", "_selected_action": [str(event.pk)], "apply": "1",
+        "completed_at": "9999-12-31 23:30:00",
+    })
+    assert "An event cannot be completed in the future." in page.content.decode()
+    event.refresh_from_db()
+    assert event.status == Event.Status.SCHEDULED
+    change = operator.get(f"/admin/drip/event/{event.pk}/change/").content.decode()
+    assert '<select name="status"' not in change
+    from drip.rendering import format_when
+
+    assert format_when(event.starts_at, "America/New_York") in change  # shown in the event's zone

@@ -167,6 +167,21 @@ def test_an_attendance_change_after_completion_replans_that_registration(finishe
     bob.attended = False
     bob.save()
     assert steps.filter(key="sorry_missed", status=Step.Status.PENDING, plan_version=3).exists()
+    assert not steps.filter(key__in=["thank_you", "resources", "nurture"], status__in=Step.OPEN).exists()
+
+
+def test_flipping_attendance_twice_keeps_what_was_sent_and_plans_the_rest(finished_event):
+    event, regs = finished_event
+    ada = regs["ada"]
+    complete(event.external_id, "--attended", ada.external_id)
+    Step.objects.filter(registration=ada, key="thank_you").update(status=Step.Status.DONE)  # it went out
+    for attended in (False, True):
+        ada.attended = attended
+        ada.save()
+    steps = Step.objects.filter(registration=ada, funnel="post_event").exclude(status=Step.Status.CANCELLED)
+    assert sorted(steps.values_list("key", "status")) == [
+        ("nurture", Step.Status.PENDING), ("resources", Step.Status.PENDING), ("thank_you", Step.Status.DONE)
+    ]
 
 
 def test_planning_ten_thousand_registrations_takes_a_bounded_number_of_queries(db, django_assert_max_num_queries):
