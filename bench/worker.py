@@ -130,7 +130,11 @@ class Ticker:
         self.entries = []
         for name, entry in app.conf.beat_schedule.items():
             every = float((overrides or {}).get(name, entry["schedule"]))
-            self.entries.append((entry["task"], every, dict(entry.get("options", {}))))
+            options = dict(entry.get("options", {}))
+            # django-celery-beat's DatabaseScheduler sends expire_seconds as `expires`.
+            if "expire_seconds" in options:
+                options["expires"] = options.pop("expire_seconds")
+            self.entries.append((entry["task"], every, options))
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-ticker", daemon=True)
