@@ -124,10 +124,15 @@ class QueryCounter:
 
     def __init__(self) -> None:
         self.count = 0
+        self.seconds = 0.0  # spent in the database driver: sending, waiting, receiving
 
     def __call__(self, execute, sql, params, many, context):
         self.count += 1
-        return execute(sql, params, many, context)
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 # --- figures measured in this process ---------------------------------------------------
@@ -237,6 +242,7 @@ def measure_fan_out(n: int, worker_ticker=None) -> dict:
     return {
         "registrations": n, "seconds": round(seconds, 3), "registrations_per_second": round(per_second),
         "steps_inserted": rows, "steps_planned": summary.steps_planned, "queries": counter.count,
+        "seconds_in_database": round(counter.seconds, 3), "seconds_in_python": round(seconds - counter.seconds, 3),
         "branches": summary.branches, "goal_per_second": GOALS["fan_out_per_second"],
         "ok": per_second >= GOALS["fan_out_per_second"] and rows == 3 * n,
     }
@@ -263,7 +269,7 @@ def measure_set_based_fan_out(n: int) -> dict:
 
 # --- figures that need the worker -------------------------------------------------------
 
-def measure_noop(app, n: int = 5000) -> dict:
+def measure_noop(app, n: int = 5000, worker=None) -> dict:
     """The reference: n no-op tasks through the same worker, from the first publish to the
     last one run."""
     import redis
@@ -273,6 +279,7 @@ def measure_noop(app, n: int = 5000) -> dict:
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     client.delete(NOOP_COUNT, NOOP_FIRST, NOOP_LAST)
+    cpu = CpuMeter(worker) if worker else None
     started = time.time()
     for _ in range(n):
         app.send_task("bench.noop")
@@ -283,8 +290,14 @@ def measure_noop(app, n: int = 5000) -> dict:
     done = int(client.get(NOOP_COUNT) or 0)
     last = float(client.get(NOOP_LAST) or started)
     seconds = last - started
-    return {"tasks": n, "ran": done, "seconds": round(seconds, 3), "publish_seconds": round(published, 3),
-            "tasks_per_second": round(done / seconds, 1) if seconds > 0 else None, "complete": done == n}
+    result = {"tasks": n, "ran": done, "seconds": round(seconds, 3), "publish_seconds": round(published, 3),
+              "tasks_per_second": round(done / seconds, 1) if seconds > 0 else None, "complete": done == n}
+    if cpu:
+        # The publishing loop runs in this process: its CPU is the bench's, not the worker's.
+        usage = cpu.stop(n)
+        result["cpu"] = {"machine_busy_percent": usage["machine_busy_percent"], "worker_cpu_s": usage["worker_cpu_s"],
+                         "worker_cpu_ms_per_task": usage["worker_cpu_ms_per_message"]}
+    return result
 
 
 def dispatch_world(tag: str, n_messages: int) -> tuple:
@@ -535,6 +548,19 @@ def machine() -> dict:
     }
 
 
+def update_readme(text: str, when: str, seconds: float) -> None:
+    """The README carries the latest table: replace the block between its markers."""
+    readme = HERE / "README.md"
+    content = readme.read_text()
+    start = content.find("<!-- bench-table")
+    end = content.find("<!-- /bench-table -->")
+    if start < 0 or end < 0:
+        return
+    head = content.index("\n", start) + 1
+    block = f"```\n{text}\n```\n(`make bench`, {when}, {seconds:.0f} s)\n"
+    readme.write_text(content[:head] + block + content[end:])
+
+
 def write_results(results: dict) -> None:
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -610,7 +636,7 @@ def main() -> int:
         time.sleep(2)
 
         say(f"no-op throughput, {sizes['noop']:,} tasks")
-        results["noop"] = measure_noop(app, sizes["noop"])
+        results["noop"] = measure_noop(app, sizes["noop"], worker)
         say(f"no-op: {results['noop']['tasks_per_second']} tasks/s")
 
         say(f"dispatch, {sizes['dispatch']:,} messages due together")
@@ -655,6 +681,8 @@ def main() -> int:
     results["duration_seconds"] = round(time.monotonic() - STARTED, 1)
     results["table"] = table(results).splitlines()
     write_results(results)
+    if not args.quick:
+        update_readme(table(results), results["generated_at"], results["duration_seconds"])
     print(table(results))
     print(f"\nwrote {RESULTS.relative_to(HERE.parent)} in {results['duration_seconds']} s", flush=True)
     return 0
@@ -667,7 +695,7 @@ def measure_db_reuse_what_if(app, stub: BenchStub, worker_env: dict[str, str], s
     try:
         worker = start_worker(app, "worker-db-reuse", {**worker_env, "BENCH_WHATIF_DB_REUSE_MAX": "1000"})
         ticker = Ticker(app).start()
-        noop = measure_noop(app, sizes["noop"])
+        noop = measure_noop(app, sizes["noop"], worker)
         dispatch = measure_dispatch(stub, worker, sizes["dispatch"], lead=10)
         say(f"what-if dispatch: {dispatch['messages_per_second']} msg/s")
     finally:
