@@ -7,7 +7,6 @@ untouched.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import redis
@@ -15,11 +14,6 @@ import redis
 from celery_app import app
 
 __all__ = ["app", "noop"]
-
-# What-if only (bench/whatif.py): keep each pool process's PostgreSQL connection across
-# tasks instead of Celery's Django fixup closing it before and after every task.
-if os.environ.get("BENCH_WHATIF_DB_REUSE_MAX"):
-    app.conf.update(CELERY_DB_REUSE_MAX=int(os.environ["BENCH_WHATIF_DB_REUSE_MAX"]))
 
 NOOP_COUNT = "bench:noop:count"
 NOOP_FIRST = "bench:noop:first"

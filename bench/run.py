@@ -6,8 +6,7 @@ table and writes bench/results.json. bench/README.md says what each figure means
 
 Order matters for time and for clean memory readings: the in-process figures (queries,
 10k fan-out) come first, then one worker serves the no-op, dispatch, lateness and memory
-figures (the 100k fan-out is timed inside the memory phase, whose steps it provides); the
-what-ifs of bench/whatif.py come last and are skipped when time runs short.
+figures (the 100k fan-out is timed inside the memory phase, whose steps it provides).
 """
 from __future__ import annotations
 
@@ -246,25 +245,6 @@ def measure_fan_out(n: int, worker_ticker=None) -> dict:
         "branches": summary.branches, "goal_per_second": GOALS["fan_out_per_second"],
         "ok": per_second >= GOALS["fan_out_per_second"] and rows == 3 * n,
     }
-
-
-def measure_set_based_fan_out(n: int) -> dict:
-    """What-if (bench/whatif.py): the same planning as set-based SQL, on the registrations
-    of the fan-out just measured, put back as they were before completion."""
-    from django.utils import timezone
-
-    from bench import world
-    from bench.whatif import set_based_complete_event
-    from drip.models import Event, Registration
-
-    event = Event.objects.get(external_id=f"bench-fanout{n}")
-    world.reset_completion(event)
-    registrations = list(Registration.objects.filter(event=event).order_by("pk").values_list("pk", flat=True))
-    started = time.perf_counter()
-    inserted = set_based_complete_event(event, set(registrations[::2]), timezone.now())
-    seconds = time.perf_counter() - started
-    return {"registrations": n, "seconds": round(seconds, 3), "registrations_per_second": round(n / seconds),
-            "steps_inserted": inserted, "ok": inserted == 3 * n}
 
 
 # --- figures that need the worker -------------------------------------------------------
@@ -514,17 +494,6 @@ def table(results: dict) -> str:
         per = ", ".join(f"{v['per_message']:g}" for k, v in q["send_message"].items() if k.startswith("email"))
         per_sms = ", ".join(f"{v['per_message']:g}" for k, v in q["send_message"].items() if k.startswith("sms"))
         rows.append(("queries per sent message (1/10/100)", f"email {per}; sms {per_sms}", f"constant, <= {GOALS['queries_per_message']}", mark(q["ok"])))
-    what_if = results.get("what_if", {})
-    if what_if:
-        rows.append(("what-if (bench/whatif.py, not project code):", "", "", ""))
-    for f in what_if.get("set_based_fan_out", []):
-        rows.append((f"  set-based fan-out, {f['registrations']:,}", f"{f['seconds']:.2f} s = {f['registrations_per_second']:,}/s",
-                     f">= {GOALS['fan_out_per_second']:,}/s", mark(f["ok"] and f["registrations_per_second"] >= GOALS["fan_out_per_second"])))
-    reuse = what_if.get("db_reuse")
-    if reuse and reuse.get("dispatch", {}).get("messages_per_second"):
-        rows.append(("  dispatch, worker keeps its DB connection", f"{reuse['dispatch']['messages_per_second']} msg/s; "
-                     f"no-op {reuse['noop']['tasks_per_second']}/s; ratio {reuse['ratio']:.3f}",
-                     f">= {GOALS['dispatch_ratio']}", mark(reuse["ratio"] >= GOALS["dispatch_ratio"])))
     width = [max(len(r[i]) for r in rows + [("figure", "value", "goal", "met")]) for i in range(4)]
     lines = [" | ".join(h.ljust(width[i]) for i, h in enumerate(("figure", "value", "goal", "met")))]
     lines.append("-+-".join("-" * w for w in width))
@@ -617,7 +586,7 @@ def main() -> int:
                       "DRIP_RECONCILE_GRACE", "DRIP_RATE_LIMITS", "DEBUG", "CELERY_TASK_ACKS_LATE",
                       "CELERY_WORKER_PREFETCH_MULTIPLIER")}
         | {"CONN_MAX_AGE": settings.DATABASES["default"].get("CONN_MAX_AGE"), "worker": "prefork, concurrency 2"},
-        "goals": GOALS, "what_if": {},
+        "goals": GOALS
     }
     from bench.celery_bench import app
 
@@ -626,7 +595,6 @@ def main() -> int:
     say(f"fan-out {sizes['fan_out'][0]:,} registrations")
     results["fan_out"] = [measure_fan_out(sizes["fan_out"][0])]
     say(f"fan-out {sizes['fan_out'][0]:,}: {results['fan_out'][0]['seconds']} s")
-    results["what_if"]["set_based_fan_out"] = [measure_set_based_fan_out(sizes["fan_out"][0])]
 
     world.wipe()
     worker, ticker = None, None
@@ -669,13 +637,6 @@ def main() -> int:
         reset_broker()
     write_results(results)
 
-    if remaining() > 60:
-        say(f"what-if: set-based fan-out, {sizes['fan_out'][1]:,} registrations")
-        results["what_if"]["set_based_fan_out"].append(measure_set_based_fan_out(sizes["fan_out"][1]))
-    world.wipe()
-    if remaining() > 150:
-        say("what-if: worker keeping its database connection (CELERY_DB_REUSE_MAX)")
-        results["what_if"]["db_reuse"] = measure_db_reuse_what_if(app, stub, worker_env, sizes)
     stub.close()
     world.wipe()
     results["duration_seconds"] = round(time.monotonic() - STARTED, 1)
@@ -686,26 +647,6 @@ def main() -> int:
     print(table(results))
     print(f"\nwrote {RESULTS.relative_to(HERE.parent)} in {results['duration_seconds']} s", flush=True)
     return 0
-
-
-def measure_db_reuse_what_if(app, stub: BenchStub, worker_env: dict[str, str], sizes: dict) -> dict:
-    """The dispatch figure again, with a worker whose pool processes keep their PostgreSQL
-    connection across tasks (Celery's CELERY_DB_REUSE_MAX; set by bench/celery_bench.py)."""
-    worker, ticker = None, None
-    try:
-        worker = start_worker(app, "worker-db-reuse", {**worker_env, "BENCH_WHATIF_DB_REUSE_MAX": "1000"})
-        ticker = Ticker(app).start()
-        noop = measure_noop(app, sizes["noop"], worker)
-        dispatch = measure_dispatch(stub, worker, sizes["dispatch"], lead=10)
-        say(f"what-if dispatch: {dispatch['messages_per_second']} msg/s")
-    finally:
-        if ticker:
-            ticker.stop()
-        if worker:
-            worker.kill()
-        reset_broker()
-    ratio = dispatch["messages_per_second"] / noop["tasks_per_second"] if dispatch.get("messages_per_second") and noop.get("tasks_per_second") else None
-    return {"CELERY_DB_REUSE_MAX": 1000, "noop": noop, "dispatch": dispatch, "ratio": round(ratio, 4) if ratio else None}
 
 
 if __name__ == "__main__":

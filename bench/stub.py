@@ -32,6 +32,10 @@ class BenchStub:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes; on a kept-alive connection Nagle's
+            # algorithm would hold the body until the client's delayed ACK (~40 ms). Real
+            # provider front ends don't do that, so neither may the stub.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass

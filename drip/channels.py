@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, AnymailRequestsAPIError
@@ -19,6 +22,7 @@ from .models import Channel, Message
 from .rendering import Rendered
 
 log = logging.getLogger("drip.channels")
+T = TypeVar("T")
 
 # Twilio error codes that no retry can fix.
 TWILIO_INVALID_NUMBER = 21211
@@ -76,13 +80,45 @@ class Transport:
         raise NotImplementedError
 
 
+# Provider clients are kept per worker thread (a new HTTP session, and TLS handshake, per
+# message is a third of a send's cost) and rebuilt when their settings change.
+_clients = threading.local()
+
+
+def _client(name: str, key: tuple, build: Callable[[], T]) -> T:
+    held = getattr(_clients, name, None)
+    if held is None or held[0] != key:
+        _forget(name)
+        held = (key, build())
+        setattr(_clients, name, held)
+    return held[1]
+
+
+def _forget(name: str) -> None:
+    """Drop a client after an error: its connection may be the broken part."""
+    held = getattr(_clients, name, None)
+    setattr(_clients, name, None)
+    if held is not None and hasattr(held[1], "close"):
+        try:
+            held[1].close()
+        except Exception:  # closing a broken connection may fail too; it is dropped anyway
+            log.debug("closing %s failed", name, exc_info=True)
+
+
+def _open_email_connection() -> Any:
+    connection = get_connection(fail_silently=False)
+    connection.open()
+    return connection
+
+
 class EmailTransport(Transport):
     """Django's email backend: anymail (any ESP) in production, the console in development."""
 
     def send(self, message: Message, rendered: Rendered) -> str:
+        key = (settings.EMAIL_BACKEND, repr(sorted(settings.ANYMAIL.items())))
         email = EmailMultiAlternatives(
             subject=rendered.subject, body=rendered.text, to=[message.to],
-            from_email=settings.DEFAULT_FROM_EMAIL, connection=get_connection(fail_silently=False),
+            from_email=settings.DEFAULT_FROM_EMAIL, connection=_client("email", key, _open_email_connection),
         )
         if rendered.html:
             email.attach_alternative(rendered.html, "text/html")
@@ -90,6 +126,7 @@ class EmailTransport(Transport):
         try:
             email.send()
         except Exception as exc:  # classified below, never swallowed
+            _forget("email")
             raise classify(exc) from exc
         status = getattr(email, "anymail_status", None)
         if status is None:  # a plain Django backend (console, SMTP): no provider id
@@ -109,14 +146,20 @@ class ConsoleSmsTransport(Transport):
         return f"console-{uuid.uuid4().hex}"
 
 
+def _twilio_client() -> Client:
+    client = Client(
+        settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN,
+        http_client=TwilioHttpClient(timeout=PROVIDER_TIMEOUT, pool_connections=True),
+    )
+    # A loopback stub in tests, a regional endpoint or proxy in production.
+    client.api.base_url = settings.TWILIO_API_BASE_URL
+    return client
+
+
 class TwilioSmsTransport(Transport):
     def __init__(self) -> None:
-        self.client = Client(
-            settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN,
-            http_client=TwilioHttpClient(timeout=PROVIDER_TIMEOUT),
-        )
-        # A loopback stub in tests, a regional endpoint or proxy in production.
-        self.client.api.base_url = settings.TWILIO_API_BASE_URL
+        key = (settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, settings.TWILIO_API_BASE_URL)
+        self.client = _client("twilio", key, _twilio_client)
 
     def send(self, message: Message, rendered: Rendered) -> str:
         sender = (
@@ -130,6 +173,7 @@ class TwilioSmsTransport(Transport):
                 status_callback=f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status/", **sender,
             )
         except Exception as exc:  # classified below, never swallowed
+            _forget("twilio")
             raise classify(exc) from exc
         return str(sent.sid)
 

@@ -131,6 +131,10 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Celery's Django fixup otherwise closes the database connection around every task: two
+# new PostgreSQL connections per message, the largest single cost of a send. A connection
+# broken by a database restart is dropped before the next task (drip/tasks.py).
+CELERY_DB_REUSE_MAX = int(env_float("DRIP_WORKER_DB_REUSE_MAX", 1000, minimum=0)) or None
 
 # --- Drip engine ----------------------------------------------------------------------
 DRIP_TIME_SCALE = env_float("DRIP_TIME_SCALE", 1.0)

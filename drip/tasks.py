@@ -2,9 +2,23 @@
 safe to run twice (acks_late + reject_on_worker_lost are set globally in settings)."""
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
+from celery.signals import task_prerun
+from django.db import connections
 
 from . import scheduler, sender, steps
+
+
+@task_prerun.connect
+def drop_broken_db_connections(**kwargs: Any) -> None:
+    """Workers keep their database connection across tasks (CELERY_DB_REUSE_MAX); one that
+    broke (a database restart) is dropped here, so only the task that met the break fails
+    (its row is still claimable and the reconciler retries it), not every task after it."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and conn.errors_occurred and not conn.is_usable():
+            conn.close()
 
 
 @shared_task(name="drip.tasks.run_step")

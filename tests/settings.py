@@ -10,4 +10,8 @@ TEST_REDIS_DB = int(os.environ.get("DRIP_TEST_REDIS_DB", "15"))
 CELERY_BROKER_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}" if REDIS_URL.count("/") >= 3 else REDIS_URL + f"/{TEST_REDIS_DB}"
 DRIP_RATE_LIMIT_REDIS_URL = CELERY_BROKER_URL
 
+# Worker threads of the tests must not keep connections open past a test: the test
+# database is truncated between tests and dropped at the end.
+CELERY_DB_REUSE_MAX = None
+
 (BASE_DIR / ".run").mkdir(exist_ok=True)  # the SQLite test database lives there

@@ -158,3 +158,27 @@ def test_a_reschedule_after_the_welcome_ran_does_not_drop_its_message(db):
     assert step_block(welcome, welcome.due_at) is None
     old_reminder = Step.objects.get(registration=registration, key="reminder_24h", plan_version=1)
     assert "planned for an old event start" in step_block(old_reminder, old_reminder.due_at).reason
+
+
+def test_a_broken_reused_db_connection_is_dropped_before_the_next_task(transactional_db):
+    import threading
+
+    from django.db import connection
+
+    from drip.tasks import drop_broken_db_connections
+
+    outcome: list[object] = []
+
+    def worker_thread() -> None:
+        connection.ensure_connection()
+        connection.connection.close()  # the server went away under a reused connection
+        connection.errors_occurred = True  # what Django records when a query meets the break
+        drop_broken_db_connections()
+        outcome.append(connection.connection)
+        outcome.append(Step.objects.count())  # and the next task's query just works
+        connection.close()
+
+    thread = threading.Thread(target=worker_thread)
+    thread.start()
+    thread.join()
+    assert outcome == [None, 0]
