@@ -12,9 +12,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+from tests.stubs import serve_provider_api
 
 
 @dataclass(frozen=True)
@@ -28,38 +29,7 @@ class BenchStub:
     def __init__(self) -> None:
         self._receipts: list[Receipt] = []
         self._lock = threading.Lock()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body leave in two writes; on a kept-alive connection Nagle's
-            # algorithm would hold the body until the client's delayed ACK (~40 ms). Real
-            # provider front ends don't do that, so neither may the stub.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path.rstrip("/").endswith("/email"):
-                    status, body = stub._postmark(raw)
-                elif "/Messages.json" in self.path:
-                    status, body = stub._twilio(raw)
-                else:
-                    status, body = 404, {"error": f"no route {self.path}"}
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="bench-stub", daemon=True)
-        self._thread.start()
+        self.server, self.url = serve_provider_api(self, "bench-stub")
 
     def close(self) -> None:
         self.server.shutdown()

@@ -31,38 +31,48 @@ class Failure:
     body: dict[str, Any]
 
 
+def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[ThreadingHTTPServer, str]:
+    """Serve Postmark's `/email` and Twilio's `.../Messages.json` on a free loopback port,
+    answering with `stub._postmark(raw)` / `stub._twilio(raw)` -> (status, JSON body).
+    Shared by the tests' stub and the benchmark's."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
+        # Headers and body leave in two writes; on a kept-alive connection Nagle's algorithm
+        # would hold the body until the client's delayed ACK (~40 ms). Real provider front
+        # ends don't do that, so neither may the stub.
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.rstrip("/").endswith("/email"):
+                status, body = stub._postmark(raw)
+            elif "/Messages.json" in self.path:
+                status, body = stub._twilio(raw)
+            else:
+                status, body = 404, {"error": f"no route {self.path}"}
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class ProviderStub:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.failures: dict[str, list[Failure]] = {"email": [], "sms": []}
         self.lock = threading.Lock()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                if self.path.rstrip("/").endswith("/email"):
-                    status, body = stub._postmark(raw)
-                elif "/Messages.json" in self.path:
-                    status, body = stub._twilio(raw)
-                else:
-                    status, body = 404, {"error": f"no route {self.path}"}
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server, self.url = serve_provider_api(self)
 
     def close(self) -> None:
         self.server.shutdown()
