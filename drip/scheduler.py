@@ -26,6 +26,7 @@ from .models import Message, Step
 
 log = logging.getLogger("drip.scheduler")
 CLAIM_BATCH = 1000
+STEP_MAX_ATTEMPTS = 5
 
 
 def horizon(now: datetime) -> datetime:
@@ -126,6 +127,12 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
     if not everything:
         lost_enqueued = lost_enqueued.filter(due_at__lt=stale, enqueued_at__lt=stale)
     lost_running = Step.objects.filter(status=Step.Status.RUNNING, started_at__lt=stale)
+    # A step whose task keeps dying (a bug, not a lost worker) stops here instead of
+    # coming back every grace period forever.
+    lost_running.filter(attempts__gte=STEP_MAX_ATTEMPTS).update(
+        status=Step.Status.FAILED, finished_at=now,
+        reason=f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log",
+    )
     with transaction.atomic():
         enqueued_ids = list(lost_enqueued.values_list("id", flat=True)[:CLAIM_BATCH])
         running_ids = list(lost_running.values_list("id", flat=True)[:CLAIM_BATCH])

@@ -53,6 +53,10 @@ def send_message(message_id: int) -> None:
         _finish(message, Message.Status.FAILED, error=str(exc))
         log.error("%s %s failed: %s", message.template_type, message.channel, exc)
         return
+    except Exception as exc:  # a bug must fail this message once, not loop via the reconciler
+        _finish(message, Message.Status.FAILED, error=f"rendering crashed: {type(exc).__name__}: {exc}")
+        log.exception("%s %s failed: rendering crashed", message.template_type, message.channel)
+        return
     wait = _rate_limit_wait(message)
     if wait > settings.DRIP_RATE_LIMIT_MAX_SLEEP:
         _requeue(message, wait, error=None, count_attempt=False, rate_slot=True)

@@ -206,3 +206,16 @@ def test_a_worker_killed_with_sigkill_mid_funnel_still_sends_everything_once(tra
     assert_each_sent_once(providers, 25)
     flush_broker()
 
+
+
+def test_a_step_that_keeps_dying_is_failed_instead_of_retried_forever(transactional_db, settings):
+    settings.DRIP_RECONCILE_GRACE = 1.0
+    registration = enroll(make_contact(), make_event(starts_in=3600))
+    step = Step.objects.get(registration=registration, key="welcome")
+    Step.objects.filter(id=step.id).update(
+        status=Step.Status.RUNNING, started_at=timezone.now() - timedelta(minutes=5), attempts=scheduler.STEP_MAX_ATTEMPTS
+    )
+    assert scheduler.reconcile()["steps_reenqueued"] == 0
+    step.refresh_from_db()
+    assert step.status == Step.Status.FAILED and "did not finish in 5 attempts" in step.reason
+    flush_broker()
