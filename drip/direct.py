@@ -51,6 +51,13 @@ def send_direct(
         raise DirectSendError("registration belongs to another contact", "registrationId")
     if idempotency_key:
         existing = Message.objects.filter(idempotency_key=idempotency_key).first()
+        if existing and (existing.contact_id, existing.channel, existing.template_type) != (contact.pk, channel, template_type):
+            # A key reused for a different message is a caller's bug: say so rather than
+            # answer with a message that is not the one they asked for.
+            raise DirectSendError(
+                f"idempotencyKey {idempotency_key!r} was already used for another message (id {existing.pk})",
+                "idempotencyKey",
+            )
         if existing:
             return existing, False
     try:

@@ -491,7 +491,6 @@ def send(e: DirectSend) -> dict[str, Any]:
         registration = Registration.objects.select_related("event").filter(external_id=e.registration_id).first()
         if registration is None:
             raise EventError(f"unknown registration {shown(e.registration_id)}", e.path("registrationId"))
-    _check_repeat(e, contact)
     _check_renders(e, contact, registration)
     try:
         message, created = send_direct(
@@ -504,19 +503,6 @@ def send(e: DirectSend) -> dict[str, Any]:
         "name": "message.send", "messageId": message.pk, "created": created, "status": message.status,
         "contactId": contact.external_id, "channel": message.channel, "templateType": message.template_type,
     }
-
-
-def _check_repeat(e: DirectSend, contact: Contact) -> None:
-    """A key reused for a different message is a producer bug: say so rather than answer
-    with a message that is not the one they asked for."""
-    if not e.idempotency_key:
-        return
-    first = Message.objects.filter(idempotency_key=e.idempotency_key).first()
-    if first and (first.contact_id, first.channel, first.template_type) != (contact.pk, e.channel, e.template_type):
-        raise EventError(
-            f"idempotencyKey {shown(e.idempotency_key)} was already used for another message (id {first.pk})",
-            e.path("idempotencyKey"),
-        )
 
 
 def _check_renders(e: DirectSend, contact: Contact, registration: Registration | None) -> None:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from .consent import has_consent
-from .models import Contact, Message, Registration, Step
+from .models import Contact, Event, Message, Registration, Step
 
 
 class Block(NamedTuple):
@@ -68,7 +68,7 @@ def message_block(message: Message, now: datetime) -> Block | None:
         registration = message.registration
         if registration.status != Registration.Status.ACTIVE:
             return Block(Message.Status.SKIPPED, "registration cancelled")
-        if registration.event.status == registration.event.Status.CANCELLED:
+        if registration.event.status == Event.Status.CANCELLED:
             return Block(Message.Status.SKIPPED, "event cancelled")
     expires = message_expiry(message)
     if expires is not None and now >= expires:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
 import redis
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .models import Message, Step
@@ -118,56 +119,71 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     return counts
 
 
+def _in_batches(lost: QuerySet, fields: tuple[str, ...]) -> Iterator[list[tuple]]:
+    """Every row of `lost`, CLAIM_BATCH at a time, by id: a run recovers all of it (after a
+    broker reset that can be far more than one batch), and rows it has just re-armed, which
+    may still match, are not visited twice."""
+    after = 0
+    while True:
+        rows = list(lost.filter(id__gt=after).order_by("id").values_list("id", *fields)[:CLAIM_BATCH])
+        if rows:
+            yield rows
+        if len(rows) < CLAIM_BATCH:
+            return
+        after = rows[-1][0]
+
+
 def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> int:
     # An enqueued step past its due time by more than the grace never ran: its task was
     # lost. A running step older than the grace died with its worker (a step run takes
     # milliseconds, and its outcome commits atomically with "done", so re-running is safe).
-    token = uuid.uuid4().hex
-    lost_enqueued = Step.objects.filter(status=Step.Status.ENQUEUED)
-    if not everything:
-        lost_enqueued = lost_enqueued.filter(due_at__lt=stale, enqueued_at__lt=stale)
-    lost_running = Step.objects.filter(status=Step.Status.RUNNING, started_at__lt=stale)
+    lost_running = Q(status=Step.Status.RUNNING, started_at__lt=stale)
     # A step whose task keeps dying (a bug, not a lost worker) stops here instead of
     # coming back every grace period forever.
-    lost_running.filter(attempts__gte=STEP_MAX_ATTEMPTS).update(
+    Step.objects.filter(lost_running, attempts__gte=STEP_MAX_ATTEMPTS).update(
         status=Step.Status.FAILED, finished_at=now,
         reason=f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log",
     )
-    with transaction.atomic():
-        enqueued_ids = list(lost_enqueued.values_list("id", flat=True)[:CLAIM_BATCH])
-        running_ids = list(lost_running.values_list("id", flat=True)[:CLAIM_BATCH])
-        Step.objects.filter(id__in=enqueued_ids, status=Step.Status.ENQUEUED).update(enqueued_at=now, dispatch_token=token)
-        Step.objects.filter(id__in=running_ids, status=Step.Status.RUNNING).update(
-            status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token
-        )
-        claimed = list(
-            Step.objects.filter(id__in=enqueued_ids + running_ids, dispatch_token=token).values_list("id", "due_at")
-        )
-        if claimed:
-            transaction.on_commit(lambda: enqueue_step_tasks(claimed))
-    return len(claimed)
+    lost_enqueued = Q(status=Step.Status.ENQUEUED)
+    if not everything:
+        lost_enqueued &= Q(due_at__lt=stale, enqueued_at__lt=stale)
+    lost = Step.objects.filter(lost_enqueued | lost_running)
+    total = 0
+    for rows in _in_batches(lost, ()):
+        token = uuid.uuid4().hex
+        ids = [row[0] for row in rows]
+        with transaction.atomic():
+            # Re-checked by the update itself: a step that started meanwhile is left alone.
+            lost.filter(id__in=ids).update(status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token)
+            claimed = list(Step.objects.filter(id__in=ids, dispatch_token=token).values_list("id", "due_at"))
+            transaction.on_commit(lambda claimed=claimed: enqueue_step_tasks(claimed))
+        total += len(claimed)
+    return total
 
 
 def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -> int:
     from .tasks import send_message
 
-    queued = Message.objects.filter(status=Message.Status.QUEUED)
+    queued = Q(status=Message.Status.QUEUED)
     if not everything:
-        queued = queued.filter(next_attempt_at__lt=stale)
+        queued &= Q(next_attempt_at__lt=stale)
     # A send stuck before its provider call (sending_at unset) never left: send it again.
-    stuck = Message.objects.filter(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale)
-    with transaction.atomic():
-        lost = dict(queued.values_list("id", "next_attempt_at")[:CLAIM_BATCH])
-        stuck_ids = list(stuck.values_list("id", flat=True)[:CLAIM_BATCH])
-        Message.objects.filter(id__in=stuck_ids, status=Message.Status.SENDING, sending_at__isnull=True).update(
-            status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now
-        )
-        lost.update((mid, now) for mid in stuck_ids)
-        # Overdue ones get a fresh next_attempt_at so the next run does not pick them again;
-        # one waiting out a retry backoff keeps its time (send_message won't claim it early).
-        Message.objects.filter(id__in=[mid for mid, at in lost.items() if at < now]).update(next_attempt_at=now, updated_at=now)
-        transaction.on_commit(lambda: [send_message.apply_async((mid,), eta=max(at, now)) for mid, at in lost.items()])
-    return len(lost)
+    stuck = Q(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale)
+    lost = Message.objects.filter(queued | stuck)
+    total = 0
+    for rows in _in_batches(lost, ("next_attempt_at",)):
+        with transaction.atomic():
+            # Stuck and overdue ones are due now, with a fresh next_attempt_at so the next run
+            # leaves them be; one waiting out a retry backoff keeps its time (send_message
+            # won't claim it early). Duplicate tasks are harmless: the claim decides.
+            lost.filter(id__in=[mid for mid, _ in rows], next_attempt_at__lt=now).update(
+                status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now
+            )
+            transaction.on_commit(
+                lambda rows=rows: [send_message.apply_async((mid,), eta=max(at, now)) for mid, at in rows]
+            )
+        total += len(rows)
+    return total
 
 
 def _fail_interrupted_sends(now: datetime) -> int:

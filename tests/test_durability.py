@@ -219,3 +219,15 @@ def test_a_step_that_keeps_dying_is_failed_instead_of_retried_forever(transactio
     step.refresh_from_db()
     assert step.status == Step.Status.FAILED and "did not finish in 5 attempts" in step.reason
     flush_broker()
+
+
+def test_after_a_broker_reset_every_enqueued_step_is_recovered_however_many(transactional_db, monkeypatch):
+    monkeypatch.setattr(scheduler, "CLAIM_BATCH", 3)  # recovery must not stop at one batch
+    event = make_event(starts_in=3600 * 48)
+    for _ in range(3):
+        enroll(make_contact(), event)  # 3 welcomes enqueued at once, 6 reminders pending
+    Step.objects.filter(status=Step.Status.PENDING).update(status=Step.Status.ENQUEUED, enqueued_at=timezone.now())
+    flush_broker()  # the tasks and Drip's mark are gone
+    assert scheduler.reconcile()["steps_reenqueued"] == 9
+    assert scheduler.reconcile()["steps_reenqueued"] == 0  # the mark is back: nothing more to do
+    flush_broker()

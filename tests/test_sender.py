@@ -194,3 +194,14 @@ def test_a_send_costs_a_constant_number_of_queries(transactional_db, providers, 
     from tests.conftest import flush_broker
 
     flush_broker()
+
+
+def test_a_key_reused_for_a_different_message_is_refused(db, django_capture_on_commit_callbacks):
+    contact = make_contact()
+    registration = register_quietly(contact, make_event())
+    with django_capture_on_commit_callbacks(execute=False):
+        first, _ = send_direct(contact, Channel.EMAIL, "resources", registration, idempotency_key="k-2")
+    with pytest.raises(DirectSendError) as reused:
+        send_direct(contact, Channel.SMS, "reengagement", registration, idempotency_key="k-2")
+    assert reused.value.field == "idempotencyKey" and f"(id {first.pk})" in str(reused.value)
+    assert Message.objects.count() == 1
