@@ -13,6 +13,7 @@ app.autodiscover_tasks(["drip"])
 # worker in the Procfile consumes both.
 app.conf.task_default_queue = "steps"
 app.conf.task_routes = {
+    "drip.tasks.send_messages": {"queue": "messages"},
     "drip.tasks.send_message": {"queue": "messages"},
     "drip.tasks.*": {"queue": "steps"},
 }

@@ -229,14 +229,14 @@ class RegistrationAdmin(admin.ModelAdmin):
 def requeue_failed(messages_qs: QuerySet[Message]) -> int:
     """An operator's decision, e.g. after checking that an "outcome unknown" send did not
     arrive: failed → queued, with a fresh attempt budget."""
-    from .tasks import send_message
+    from .tasks import enqueue_sends
 
     ids = list(messages_qs.filter(status=Message.Status.FAILED).values_list("pk", flat=True))
     with transaction.atomic():
         Message.objects.filter(pk__in=ids, status=Message.Status.FAILED).update(
             status=Message.Status.QUEUED, attempts=0, sending_at=None, next_attempt_at=timezone.now(), updated_at=timezone.now()
         )
-        transaction.on_commit(lambda: [send_message.delay(pk) for pk in ids])
+        transaction.on_commit(lambda: enqueue_sends(ids))
     return len(ids)
 
 

@@ -44,7 +44,7 @@ def send_direct(
 ) -> tuple[Message, bool]:
     """Create the Message and enqueue it after commit. Returns (message, created); with an
     idempotency key, a repeat returns the first message and sends nothing new."""
-    from .tasks import send_message
+    from .tasks import enqueue_sends
 
     check_template(template_type, channel)
     if registration is not None and registration.contact_id != contact.pk:
@@ -67,7 +67,7 @@ def send_direct(
                 step_type=step_type, idempotency_key=idempotency_key or None, to=contact.address_for(channel),
                 expires_at=None, next_attempt_at=timezone.now(),
             )
-            transaction.on_commit(lambda: send_message.delay(message.pk))
+            transaction.on_commit(lambda: enqueue_sends([message.pk]))
     except IntegrityError:
         # Two callers with the same key at once: the other one won.
         return Message.objects.get(idempotency_key=idempotency_key), False

@@ -155,8 +155,8 @@ class Step(models.Model):
     reason = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     enqueued_at = models.DateTimeField(null=True, blank=True)
-    # Set with the claim by the dispatcher or reconciler that enqueued the step, so a claim
-    # can read back exactly the rows it won, on any database.
+    # Set with every claim (the dispatcher's or reconciler's enqueue, the step task's run),
+    # so a claim can read back exactly the rows it won, on any database.
     dispatch_token = models.CharField(max_length=32, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -213,6 +213,9 @@ class Message(models.Model):
     # Set right before the provider call: a message stuck in "sending" without it never
     # reached the provider and is safe to send again; with it, the outcome is unknown.
     sending_at = models.DateTimeField(null=True, blank=True)
+    # Set with each claim by a send task: the rows a batch won, and the guard on every later
+    # write of that attempt (a claim the reconciler took back no longer matches).
+    claim_token = models.CharField(max_length=32, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from .consent import has_consent
+from .consent import ConsentView, has_consent
 from .models import Contact, Event, Message, Registration, Step
 
 
@@ -50,15 +50,17 @@ def message_expiry(message: Message) -> datetime | None:
     return step_expiry(message.step) if message.step_id is not None else message.expires_at
 
 
-def channel_block_reason(contact: Contact, channel: str) -> str:
+def channel_block_reason(contact: Contact, channel: str, consent: ConsentView | None = None) -> str:
+    """`consent` is a batch's view of its contacts' consent; without one, it is read here."""
     if not contact.address_for(channel):
         return f"contact has no {'email address' if channel == 'email' else 'phone number'}"
-    if not has_consent(contact, channel):
+    granted = consent.granted(contact.pk, channel) if consent is not None else has_consent(contact, channel)
+    if not granted:
         return f"no {channel} consent"
     return ""
 
 
-def message_block(message: Message, now: datetime) -> Block | None:
+def message_block(message: Message, now: datetime, consent: ConsentView | None = None) -> Block | None:
     if message.step_id is not None:
         block = step_block(message.step, now)
         if block:
@@ -73,7 +75,7 @@ def message_block(message: Message, now: datetime) -> Block | None:
     expires = message_expiry(message)
     if expires is not None and now >= expires:
         return Block(Message.Status.SKIPPED, f"expired at {expires.isoformat()}")
-    reason = channel_block_reason(message.contact, message.channel)
+    reason = channel_block_reason(message.contact, message.channel, consent)
     if reason:
         return Block(Message.Status.SKIPPED, reason)
     return None

@@ -69,11 +69,15 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
     return claimed
 
 
-def enqueue_step_tasks(claimed: list[tuple[int, datetime]]) -> None:
-    from .tasks import run_step
+def enqueue_step_tasks(claimed: list[tuple[int, datetime]], alone: bool = False) -> None:
+    """Batched by due time (tasks.enqueue_steps); `alone` gives every step its own task."""
+    from .tasks import enqueue_steps, run_steps
 
+    if not alone:
+        enqueue_steps(claimed)
+        return
     for step_id, due_at in claimed:
-        run_step.apply_async((step_id,), eta=due_at)
+        run_steps.apply_async(([step_id],), eta=due_at)
 
 
 def dispatch_due_steps() -> int:
@@ -147,7 +151,12 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
     lost_enqueued = Q(status=Step.Status.ENQUEUED)
     if not everything:
         lost_enqueued &= Q(due_at__lt=stale, enqueued_at__lt=stale)
-    lost = Step.objects.filter(lost_enqueued | lost_running)
+    # A batch that died mid-run may have died of one of its steps: those run alone from
+    # now on, so one bad step cannot take the others down with it again.
+    return _reenqueue(Step.objects.filter(lost_enqueued), now) + _reenqueue(Step.objects.filter(lost_running), now, alone=True)
+
+
+def _reenqueue(lost: QuerySet, now: datetime, alone: bool = False) -> int:
     total = 0
     for rows in _in_batches(lost, ()):
         token = uuid.uuid4().hex
@@ -156,19 +165,24 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
             # Re-checked by the update itself: a step that started meanwhile is left alone.
             lost.filter(id__in=ids).update(status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token)
             claimed = list(Step.objects.filter(id__in=ids, dispatch_token=token).values_list("id", "due_at"))
-            transaction.on_commit(lambda claimed=claimed: enqueue_step_tasks(claimed))
+            transaction.on_commit(lambda claimed=claimed: enqueue_step_tasks(claimed, alone))
         total += len(claimed)
     return total
 
 
 def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -> int:
-    from .tasks import send_message
+    from .tasks import enqueue_sends
 
     queued = Q(status=Message.Status.QUEUED)
     if not everything:
         queued &= Q(next_attempt_at__lt=stale)
     # A send stuck before its provider call (sending_at unset) never left: send it again.
     stuck = Q(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale)
+    # One whose send task keeps dying before the provider call (a bug) stops here.
+    Message.objects.filter(stuck, attempts__gte=settings.DRIP_SEND_MAX_ATTEMPTS).update(
+        status=Message.Status.FAILED, updated_at=now,
+        error=f"send task did not finish in {settings.DRIP_SEND_MAX_ATTEMPTS} attempts; see the worker log",
+    )
     lost = Message.objects.filter(queued | stuck)
     total = 0
     for rows in _in_batches(lost, ("next_attempt_at",)):
@@ -179,9 +193,10 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -
             lost.filter(id__in=[mid for mid, _ in rows], next_attempt_at__lt=now).update(
                 status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now
             )
-            transaction.on_commit(
-                lambda rows=rows: [send_message.apply_async((mid,), eta=max(at, now)) for mid, at in rows]
-            )
+            due_now = [mid for mid, at in rows if at <= now]
+            waiting = [(mid, at) for mid, at in rows if at > now]
+            transaction.on_commit(lambda due_now=due_now: enqueue_sends(due_now))
+            transaction.on_commit(lambda waiting=waiting: [enqueue_sends([mid], eta=at) for mid, at in waiting])
         total += len(rows)
     return total
 

@@ -1,13 +1,14 @@
-"""send_message: the one sender for every channel.
+"""send_messages: the one sender for every channel, a batch of messages per task.
 
-queued → sending (conditional claim) → checks → render → record what will be sent →
-provider call → sent | queued again (transient error, backoff) | failed | skipped.
+queued → sending (conditional claim, one per batch) → checks → render → record what will
+be sent → provider call → sent | queued again (transient error, backoff) | failed | skipped.
 Every attempt leaves its count and last error on the Message row.
 """
 from __future__ import annotations
 
 import random
 import time
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -16,7 +17,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from .channels import TransportError, transport_for
-from .consent import record_consent
+from .consent import ConsentView, record_consent
 from .logs import IdsAdapter, message_log
 from .models import Channel, ConsentRecord, Message
 from .policy import message_block, message_expiry
@@ -28,21 +29,47 @@ SMS_SEGMENTS_WARNING = 2  # past this, a message costs noticeably more: say so i
 
 # A duplicate of an earlier attempt's task must not jump a retry's backoff.
 EARLY_TOLERANCE = timedelta(seconds=1)
+# Everything the checks and the templates read, in the batch's one load.
+MESSAGE_RELATED = ("contact", "registration__event", "step__registration__event", "step__registration__contact")
+
+
+def send_messages(message_ids: list[int]) -> None:
+    """Claim the batch (one conditional update), load it (one query) and read its consent
+    (one query); then each message is checked, rendered, recorded and sent on its own, so
+    every attempt still leaves its own trace and outcome."""
+    now = timezone.now()
+    token = uuid.uuid4().hex
+    claimed = Message.objects.filter(
+        id__in=message_ids, status=Message.Status.QUEUED, next_attempt_at__lte=now + EARLY_TOLERANCE
+    ).update(status=Message.Status.SENDING, sending_at=None, attempts=F("attempts") + 1, updated_at=now, claim_token=token)
+    if not claimed:
+        return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
+    batch = list(Message.objects.select_related(*MESSAGE_RELATED).filter(id__in=message_ids, claim_token=token))
+    consent = ConsentView(m.contact_id for m in batch)
+    # Messages wait their turn claimed but not yet sent; past the budget (a slow provider)
+    # the rest goes back to the queue for another task instead of holding its claim.
+    deadline = time.monotonic() + min(settings.DRIP_SEND_BATCH_SECONDS, settings.DRIP_RECONCILE_GRACE / 4)
+    for index, message in enumerate(batch):
+        if index and time.monotonic() > deadline:
+            _hand_back(batch[index:])
+            return
+        try:
+            _send_one(message, consent)
+        except Exception:
+            # Not a provider error (those are classified): the database went away, or a bug.
+            # The messages not yet tried go back to the queue; this one is left to the
+            # reconciler, which knows from sending_at whether it reached the provider.
+            _hand_back(batch[index + 1 :])
+            raise
 
 
 def send_message(message_id: int) -> None:
-    now = timezone.now()
-    claimed = Message.objects.filter(
-        id=message_id, status=Message.Status.QUEUED, next_attempt_at__lte=now + EARLY_TOLERANCE
-    ).update(status=Message.Status.SENDING, sending_at=None, attempts=F("attempts") + 1, updated_at=now)
-    if not claimed:
-        return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
-    # One query for everything the checks and the templates read.
-    message = Message.objects.select_related(
-        "contact", "registration__event", "step__registration__event", "step__registration__contact"
-    ).get(id=message_id)
+    send_messages([message_id])
+
+
+def _send_one(message: Message, consent: ConsentView) -> None:
     log = message_log(message)
-    block = message_block(message, now)
+    block = message_block(message, timezone.now(), consent)
     if block:
         _finish(message, block.status, error=block.reason)
         log.info("%s %s skipped: %s", message.template_type, message.channel, block.reason)
@@ -82,11 +109,28 @@ def send_message(message_id: int) -> None:
     try:
         provider_id = transport_for(message.channel).send(message, rendered)
     except TransportError as exc:
-        _on_transport_error(message, exc, log)
+        _on_transport_error(message, exc, consent, log)
         return
     sent_at = timezone.now()
     _finish(message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error="")
     log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
+
+
+def _hand_back(messages: list[Message]) -> None:
+    """Claimed messages this task will not get to: queued again, due now, the claim not
+    counted as an attempt, and a new task for them."""
+    from .tasks import enqueue_sends
+
+    if not messages:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        Message.objects.filter(
+            id__in=[m.id for m in messages], status=Message.Status.SENDING,
+            claim_token=messages[0].claim_token, sending_at__isnull=True,
+        ).update(status=Message.Status.QUEUED, attempts=F("attempts") - 1, next_attempt_at=now, updated_at=now)
+        ids = [m.id for m in messages]
+        transaction.on_commit(lambda: enqueue_sends(ids))
 
 
 def _rate_limit_wait(message: Message) -> float:
@@ -105,9 +149,9 @@ def _sms_length(message: Message, rendered: Rendered, log: IdsAdapter) -> dict[s
 
 
 def _mine(message: Message) -> QuerySet[Message]:
-    """The row as long as this task's claim holds: each claim bumps `attempts`, so a claim
+    """The row as long as this task's claim holds: each claim sets a new token, so a claim
     taken over by the reconciler and another task no longer matches."""
-    return Message.objects.filter(id=message.id, status=Message.Status.SENDING, attempts=message.attempts)
+    return Message.objects.filter(id=message.id, status=Message.Status.SENDING, claim_token=message.claim_token)
 
 
 def _finish(message: Message, status: str, **fields: object) -> bool:
@@ -120,13 +164,14 @@ def retry_delay(attempt: int) -> float:
     return base * random.uniform(0.5, 1.0)
 
 
-def _on_transport_error(message: Message, exc: TransportError, log: IdsAdapter) -> None:
+def _on_transport_error(message: Message, exc: TransportError, consent: ConsentView, log: IdsAdapter) -> None:
     attempts = message.attempts
     if exc.revoke_consent:
         record_consent(
             message.contact, message.channel, False, ConsentRecord.Source.PROVIDER,
             detail="twilio:21610" if message.channel == Channel.SMS else "esp:rejected", reason=exc.message,
         )
+        consent.revoked(message.contact_id, message.channel)
     if exc.permanent or attempts >= settings.DRIP_SEND_MAX_ATTEMPTS:
         why = "permanent" if exc.permanent else f"gave up after {attempts} attempts"
         _finish(message, Message.Status.FAILED, error=f"{exc.message} ({why})")
@@ -140,7 +185,7 @@ def _on_transport_error(message: Message, exc: TransportError, log: IdsAdapter) 
 def _requeue(message: Message, delay: float, error: str | None, count_attempt: bool, rate_slot: bool = False) -> None:
     """Back to queued, to be sent again in `delay` real seconds. A rate-limit deferral is
     not an attempt and keeps its reserved slot; a provider error is, and records its error."""
-    from .tasks import send_message as send_task
+    from .tasks import enqueue_sends
 
     at = timezone.now() + timedelta(seconds=delay)
     fields: dict[str, object] = {
@@ -155,4 +200,4 @@ def _requeue(message: Message, delay: float, error: str | None, count_attempt: b
         # The row is the timer here too: if this countdown task is lost, the reconciler
         # re-enqueues the message once next_attempt_at has passed.
         if _mine(message).update(**fields):
-            transaction.on_commit(lambda: send_task.apply_async((message.id,), eta=at))
+            transaction.on_commit(lambda: enqueue_sends([message.id], eta=at))

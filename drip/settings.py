@@ -151,6 +151,13 @@ DRIP_RECONCILE_GRACE = env_float("DRIP_RECONCILE_GRACE", 120.0, minimum=0.1)
 # A message whose provider call began this long ago without an outcome is failed as
 # "outcome unknown" rather than sent twice.
 DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 600.0, minimum=1)
+# Work is handed to tasks in batches: the step task runs up to DRIP_STEP_BATCH steps due at
+# the same instant, the send task up to DRIP_SEND_BATCH messages (one claim, one load, one
+# consent read for all of them). A send batch that runs longer than DRIP_SEND_BATCH_SECONDS
+# (a slow provider) hands its unsent rest to a new task, so no claim is held for long.
+DRIP_STEP_BATCH = int(env_float("DRIP_STEP_BATCH", 200, minimum=1))
+DRIP_SEND_BATCH = int(env_float("DRIP_SEND_BATCH", 50, minimum=1))
+DRIP_SEND_BATCH_SECONDS = env_float("DRIP_SEND_BATCH_SECONDS", 20.0, minimum=0.1)
 DRIP_SEND_MAX_ATTEMPTS = int(env_float("DRIP_SEND_MAX_ATTEMPTS", 5, minimum=1))
 DRIP_RETRY_BASE_DELAY = env_float("DRIP_RETRY_BASE_DELAY", 10.0, minimum=0)
 DRIP_RETRY_MAX_DELAY = env_float("DRIP_RETRY_MAX_DELAY", 600.0, minimum=0)

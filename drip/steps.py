@@ -1,69 +1,100 @@
-"""The step task's work: claim the Step, re-validate, create its Messages, hand them to
-send_message. Everything after the claim commits together with status "done"."""
+"""The step task's work: claim a batch of Steps, re-validate each, create their Messages and
+hand them to the sender. A step's outcome commits together with its status "done"."""
 from __future__ import annotations
 
+import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .logs import IdsAdapter, step_log
+from .consent import ConsentView
+from .logs import step_log
 from .models import Message, Step
-from .policy import channel_block_reason, step_block
+from .policy import Block, channel_block_reason, step_block
 
 # ETA timers fire a few milliseconds early at worst; anything earlier is a stray delivery.
 EARLY_TOLERANCE = timedelta(seconds=1)
+STEP_RELATED = ("registration__event", "registration__contact")
 
 
-def run_step(step_id: int) -> None:
+def run_steps(step_ids: list[int]) -> None:
     now = timezone.now()
+    token = uuid.uuid4().hex
     # Not yet due: a stray early delivery leaves the step to its own ETA task (or, if that
     # was lost, to the reconciler) instead of stealing the claim.
     claimed = Step.objects.filter(
-        id=step_id, status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE
-    ).update(status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
+        id__in=step_ids, status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE
+    ).update(status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1, dispatch_token=token)
+    if claimed < len(step_ids):
+        _rearm_early(step_ids, now)  # the rest: already run, cancelled, re-planned, or early
     if not claimed:
-        _rearm_if_early(step_id, now)
-        return  # already run, cancelled, re-planned or not due: a duplicate does nothing
-    step = Step.objects.select_related("registration__event", "registration__contact").get(id=step_id)
-    log = step_log(step)
-    block = step_block(step, now)
-    if block:
-        Step.objects.filter(id=step_id, status=Step.Status.RUNNING).update(
-            status=block.status, reason=block.reason, finished_at=now
-        )
-        log.info("step %s %s: %s", step.key, block.status, block.reason)
         return
-    _create_messages(step, now, log)
+    batch = list(Step.objects.select_related(*STEP_RELATED).filter(id__in=step_ids, dispatch_token=token))
+    blocked: list[tuple[Step, Block]] = []
+    runnable: list[Step] = []
+    for step in batch:
+        block = _decide(step, now)
+        if block:
+            blocked.append((step, block))
+        else:
+            runnable.append(step)
+    _finish_steps(batch, blocked, runnable, token, now)
 
 
-def _rearm_if_early(step_id: int, now: datetime) -> None:
-    """A task that arrives before its step is due (clocks of hosts apart by more than the
-    tolerance) asks again at the due time rather than leaving the step to the reconciler.
-    Duplicates this may create are harmless: only one claim can win."""
-    from .tasks import run_step as run_step_task
-
-    due = Step.objects.filter(id=step_id, status=Step.Status.ENQUEUED, due_at__gt=now + EARLY_TOLERANCE).values_list("due_at", flat=True).first()
-    if due is not None:
-        run_step_task.apply_async((step_id,), eta=due)
+def _decide(step: Step, now: datetime) -> Block | None:
+    try:
+        return step_block(step, now)
+    except Exception as exc:  # a bug must fail this step once, not its whole batch, nor loop
+        step_log(step).exception("step %s crashed while being checked", step.key)
+        return Block(Step.Status.FAILED, f"step check crashed: {type(exc).__name__}: {exc}")
 
 
-def _create_messages(step: Step, now: datetime, log: IdsAdapter) -> None:
+def _finish_steps(batch: list[Step], blocked: list[tuple[Step, Block]], runnable: list[Step], token: str, now: datetime) -> None:
+    from .tasks import enqueue_sends
+
+    with transaction.atomic():
+        # Locked and re-checked: a step the reconciler re-claimed meanwhile (this run stalled
+        # past its grace) belongs to that claim now, and this run leaves it alone.
+        mine = set(
+            Step.objects.select_for_update()
+            .filter(id__in=[s.id for s in batch], status=Step.Status.RUNNING, dispatch_token=token)
+            .values_list("id", flat=True)
+        )
+        blocked = [(s, b) for s, b in blocked if s.id in mine]
+        runnable = [s for s in runnable if s.id in mine]
+        for step, block in blocked:
+            step.status, step.reason, step.finished_at = block.status, block.reason, now
+        Step.objects.bulk_update([s for s, _ in blocked], ["status", "reason", "finished_at"])
+        Step.objects.filter(id__in=[s.id for s in runnable]).update(status=Step.Status.DONE, finished_at=now)
+        messages = _messages_for(runnable, now)
+        Message.objects.bulk_create(messages)
+        # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.
+        queued = [m.pk for m in messages if m.status == Message.Status.QUEUED]
+        transaction.on_commit(lambda: enqueue_sends(queued))
+    for step, block in blocked:
+        step_log(step).info("step %s %s: %s", step.key, block.status, block.reason)
+    for m in messages:
+        if m.status == Message.Status.SKIPPED:
+            step_log(m.step).info("step %s: %s message skipped: %s", m.step.key, m.channel, m.error)
+    per_step = Counter(m.step_id for m in messages if m.status == Message.Status.QUEUED)
+    for step in runnable:
+        step_log(step).info("step %s done at %s (%d queued)", step.key, now.isoformat(), per_step[step.id])
+
+
+def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
     from campaigns.funnels import funnel_step
 
-    from .tasks import send_message
-
-    _, definition = funnel_step(step)
-    registration = step.registration
-    contact = registration.contact
-    with transaction.atomic():
-        # Conditional, so a reconciler that re-claimed a slow run makes this one roll back.
-        if not Step.objects.filter(id=step.id, status=Step.Status.RUNNING).update(status=Step.Status.DONE, finished_at=now):
-            return
-        messages = []
+    consent = ConsentView(s.registration.contact_id for s in runnable)
+    messages = []
+    for step in runnable:
+        _, definition = funnel_step(step)
+        registration = step.registration
+        contact = registration.contact
         for channel in definition.channels:
-            reason = channel_block_reason(contact, channel)
+            reason = channel_block_reason(contact, channel, consent)
             messages.append(
                 Message(
                     step=step, contact=contact, registration=registration, channel=channel,
@@ -72,11 +103,18 @@ def _create_messages(step: Step, now: datetime, log: IdsAdapter) -> None:
                     error=reason, expires_at=step.expires_at, next_attempt_at=now,
                 )
             )
-        Message.objects.bulk_create(messages)
-        # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.
-        queued = [m.pk for m in messages if m.status == Message.Status.QUEUED]
-        transaction.on_commit(lambda: [send_message.delay(mid) for mid in queued])
-    for m in messages:
-        if m.status == Message.Status.SKIPPED:
-            log.info("step %s: %s message skipped: %s", step.key, m.channel, m.error)
-    log.info("step %s done at %s (%d queued)", step.key, now.isoformat(), len(queued))
+    return messages
+
+
+def _rearm_early(step_ids: list[int], now: datetime) -> None:
+    """A task that arrives before its steps are due (clocks of hosts apart by more than the
+    tolerance) asks again at the due time rather than leaving them to the reconciler.
+    Duplicates this may create are harmless: only one claim can win."""
+    from .tasks import enqueue_steps
+
+    early = Step.objects.filter(id__in=step_ids, status=Step.Status.ENQUEUED, due_at__gt=now + EARLY_TOLERANCE)
+    enqueue_steps(early.values_list("id", "due_at"))
+
+
+def run_step(step_id: int) -> None:
+    run_steps([step_id])

@@ -1,11 +1,23 @@
-"""Celery tasks. They carry ids only; every one claims its row before acting, so each is
-safe to run twice (acks_late + reject_on_worker_lost are set globally in settings)."""
+"""Celery tasks, and the one place that publishes them. Tasks carry ids only; every one
+claims its rows before acting, so each is safe to run twice (acks_late +
+reject_on_worker_lost are set globally in settings).
+
+Work travels in batches: a step task takes the steps due at one instant (every
+registration's reminder of an event), a send task a list of messages. A batch costs one
+claim, one load and one consent read instead of one of each per row, and one task instead of
+one per row: that is what lets a worker keep up with a large event (bench/README.md).
+"""
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from celery import shared_task
 from celery.signals import task_prerun
+from celery.utils.functional import chunks
+from django.conf import settings
 from django.db import connections
 
 from . import scheduler, sender, steps
@@ -21,14 +33,25 @@ def drop_broken_db_connections(**kwargs: Any) -> None:
             conn.close()
 
 
+@shared_task(name="drip.tasks.run_steps")
+def run_steps(step_ids: list[int]) -> None:
+    steps.run_steps(step_ids)
+
+
+@shared_task(name="drip.tasks.send_messages")
+def send_messages(message_ids: list[int]) -> None:
+    sender.send_messages(message_ids)
+
+
+# The one-id forms: tasks published before batching still run after an upgrade.
 @shared_task(name="drip.tasks.run_step")
 def run_step(step_id: int) -> None:
-    steps.run_step(step_id)
+    steps.run_steps([step_id])
 
 
 @shared_task(name="drip.tasks.send_message")
 def send_message(message_id: int) -> None:
-    sender.send_message(message_id)
+    sender.send_messages([message_id])
 
 
 @shared_task(name="drip.tasks.dispatch_due_steps")
@@ -39,3 +62,19 @@ def dispatch_due_steps() -> int:
 @shared_task(name="drip.tasks.reconcile")
 def reconcile() -> dict[str, int]:
     return scheduler.reconcile()
+
+
+def enqueue_steps(claimed: Iterable[tuple[int, datetime]]) -> None:
+    """One task per batch of steps due at the same instant, with that instant as its ETA:
+    steps due at different times never wait for each other."""
+    by_due: dict[datetime, list[int]] = defaultdict(list)
+    for step_id, due_at in claimed:
+        by_due[due_at].append(step_id)
+    for due_at, ids in sorted(by_due.items()):
+        for batch in chunks(iter(ids), settings.DRIP_STEP_BATCH):
+            run_steps.apply_async((batch,), eta=due_at)
+
+
+def enqueue_sends(message_ids: Sequence[int], eta: datetime | None = None) -> None:
+    for batch in chunks(iter(message_ids), settings.DRIP_SEND_BATCH):
+        send_messages.apply_async((batch,), eta=eta)
