@@ -4,6 +4,7 @@ retry from one to give up on."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import uuid
@@ -105,9 +106,23 @@ def _forget(name: str) -> None:
             log.debug("closing %s failed", name, exc_info=True)
 
 
+def _read_environment_once(session: requests.Session, url: str) -> None:
+    """While `trust_env` is on, requests reads the proxy variables and ~/.netrc again on
+    every request (a tenth of a send's CPU). A provider client talks to one API with its own
+    credentials, so it reads them once, here."""
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
+
+
 def _open_email_connection() -> Any:
     connection = get_connection(fail_silently=False)
     connection.open()
+    session = getattr(connection, "session", None)  # anymail's requests-based backends
+    if isinstance(session, requests.Session):
+        _read_environment_once(session, connection.api_url)
     return connection
 
 
@@ -153,6 +168,7 @@ def _twilio_client() -> Client:
     )
     # A loopback stub in tests, a regional endpoint or proxy in production.
     client.api.base_url = settings.TWILIO_API_BASE_URL
+    _read_environment_once(client.http_client.session, settings.TWILIO_API_BASE_URL)
     return client
 
 

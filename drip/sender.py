@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -89,10 +89,11 @@ def _send_one(message: Message, consent: ConsentView) -> None:
         _requeue(message, wait, error=None, count_attempt=False, rate_slot=True)
         log.debug("rate limit: %s slot in %.2fs; back to the queue until then", message.channel, wait)
         return
-    time.sleep(wait)  # a short wait for a slot that is ours
+    if wait > 0:
+        time.sleep(wait)  # a short wait for a slot that is ours
     message.to = message.contact.address_for(message.channel)
-    recorded = _mine(message).filter(sending_at__isnull=True).update(
-        to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
+    recorded = _write(
+        message, before_call=True, to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
         sending_at=timezone.now(), rate_slot_at=None, **_sms_length(message, rendered, log),
     )
     if not recorded:
@@ -155,7 +156,24 @@ def _mine(message: Message) -> QuerySet[Message]:
 
 
 def _finish(message: Message, status: str, **fields: object) -> bool:
-    return bool(_mine(message).update(status=status, updated_at=timezone.now(), **fields))
+    return _write(message, status=status, **fields)
+
+
+def _write(message: Message, before_call: bool = False, **fields: object) -> bool:
+    """`_mine(message).update(**fields)` (with `before_call`: only while no provider call is
+    recorded), as one plain UPDATE. It runs twice for every message, and building the same
+    statement through the ORM each time was a fifth of the sender's CPU (bench/README.md)."""
+    fields["updated_at"] = timezone.now()
+    columns = [Message._meta.get_field(name) for name in fields]
+    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in columns)
+    values = [f.get_db_prep_save(value, connection) for f, value in zip(columns, fields.values())]
+    where = "id = %s AND status = %s AND claim_token = %s" + (" AND sending_at IS NULL" if before_call else "")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Message._meta.db_table} SET {assignments} WHERE {where}",
+            [*values, message.id, Message.Status.SENDING, message.claim_token],
+        )
+        return cursor.rowcount == 1
 
 
 def retry_delay(attempt: int) -> float:

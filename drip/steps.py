@@ -30,43 +30,29 @@ def run_steps(step_ids: list[int]) -> None:
     ).update(status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1, dispatch_token=token)
     if claimed < len(step_ids):
         _rearm_early(step_ids, now)  # the rest: already run, cancelled, re-planned, or early
-    if not claimed:
-        return
-    batch = list(Step.objects.select_related(*STEP_RELATED).filter(id__in=step_ids, dispatch_token=token))
-    blocked: list[tuple[Step, Block]] = []
-    runnable: list[Step] = []
-    for step in batch:
-        block = _decide(step, now)
-        if block:
-            blocked.append((step, block))
-        else:
-            runnable.append(step)
-    _finish_steps(batch, blocked, runnable, token, now)
+    if claimed:
+        _run_claimed(step_ids, token, now)
 
 
-def _decide(step: Step, now: datetime) -> Block | None:
-    try:
-        return step_block(step, now)
-    except Exception as exc:  # a bug must fail this step once, not its whole batch, nor loop
-        step_log(step).exception("step %s crashed while being checked", step.key)
-        return Block(Step.Status.FAILED, f"step check crashed: {type(exc).__name__}: {exc}")
-
-
-def _finish_steps(batch: list[Step], blocked: list[tuple[Step, Block]], runnable: list[Step], token: str, now: datetime) -> None:
+def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
     from .tasks import enqueue_sends
 
     with transaction.atomic():
-        # Locked and re-checked: a step the reconciler re-claimed meanwhile (this run stalled
-        # past its grace) belongs to that claim now, and this run leaves it alone.
-        mine = set(
-            Step.objects.select_for_update()
-            .filter(id__in=[s.id for s in batch], status=Step.Status.RUNNING, dispatch_token=token)
-            .values_list("id", flat=True)
+        # Loaded locked and still ours: a step the reconciler re-claimed meanwhile (this run
+        # stalled past its grace) belongs to that claim now, and this run leaves it alone.
+        batch = list(
+            Step.objects.select_related(*STEP_RELATED).select_for_update(of=("self",))
+            .filter(id__in=step_ids, status=Step.Status.RUNNING, dispatch_token=token)
         )
-        blocked = [(s, b) for s, b in blocked if s.id in mine]
-        runnable = [s for s in runnable if s.id in mine]
-        for step, block in blocked:
-            step.status, step.reason, step.finished_at = block.status, block.reason, now
+        blocked: list[tuple[Step, Block]] = []
+        runnable: list[Step] = []
+        for step in batch:
+            block = _decide(step, now)
+            if block:
+                step.status, step.reason, step.finished_at = block.status, block.reason, now
+                blocked.append((step, block))
+            else:
+                runnable.append(step)
         Step.objects.bulk_update([s for s, _ in blocked], ["status", "reason", "finished_at"])
         Step.objects.filter(id__in=[s.id for s in runnable]).update(status=Step.Status.DONE, finished_at=now)
         messages = _messages_for(runnable, now)
@@ -82,6 +68,14 @@ def _finish_steps(batch: list[Step], blocked: list[tuple[Step, Block]], runnable
     per_step = Counter(m.step_id for m in messages if m.status == Message.Status.QUEUED)
     for step in runnable:
         step_log(step).info("step %s done at %s (%d queued)", step.key, now.isoformat(), per_step[step.id])
+
+
+def _decide(step: Step, now: datetime) -> Block | None:
+    try:
+        return step_block(step, now)
+    except Exception as exc:  # a bug must fail this step once, not its whole batch, nor loop
+        step_log(step).exception("step %s crashed while being checked", step.key)
+        return Block(Step.Status.FAILED, f"step check crashed: {type(exc).__name__}: {exc}")
 
 
 def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
