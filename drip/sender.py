@@ -29,8 +29,9 @@ SMS_SEGMENTS_WARNING = 2  # past this, a message costs noticeably more: say so i
 
 # A duplicate of an earlier attempt's task must not jump a retry's backoff.
 EARLY_TOLERANCE = timedelta(seconds=1)
-# Everything the checks and the templates read, in the batch's one load.
-MESSAGE_RELATED = ("contact", "registration__event", "step__registration__event", "step__registration__contact")
+# Everything the checks and the templates read, in the batch's one load. A funnel message's
+# step belongs to the message's own registration, which is joined once and shared.
+MESSAGE_RELATED = ("contact", "registration__event", "step")
 
 
 def send_messages(message_ids: list[int]) -> None:
@@ -45,6 +46,9 @@ def send_messages(message_ids: list[int]) -> None:
     if not claimed:
         return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
     batch = list(Message.objects.select_related(*MESSAGE_RELATED).filter(id__in=message_ids, claim_token=token))
+    for message in batch:
+        if message.step is not None and message.step.registration_id == message.registration_id:
+            message.step.registration = message.registration
     consent = ConsentView(m.contact_id for m in batch)
     # Messages wait their turn claimed but not yet sent; past the budget (a slow provider)
     # the rest goes back to the queue for another task instead of holding its claim.

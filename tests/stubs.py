@@ -71,6 +71,7 @@ class ProviderStub:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.failures: dict[str, list[Failure]] = {"email": [], "sms": []}
+        self.latency = 0.0
         self.lock = threading.Lock()
         self.server, self.url = serve_provider_api(self)
 
@@ -82,6 +83,11 @@ class ProviderStub:
         with self.lock:
             self.received.clear()
             self.failures = {"email": [], "sms": []}
+            self.latency = 0.0
+
+    def slow_down(self, seconds: float) -> None:
+        """Answer every request this much later, as a provider under load does."""
+        self.latency = seconds
 
     def fail_next(self, kind: str, status: int, body: dict[str, Any] | None = None) -> None:
         with self.lock:
@@ -92,6 +98,7 @@ class ProviderStub:
             return self.failures[kind].pop(0) if self.failures[kind] else None
 
     def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        time.sleep(self.latency)
         data = json.loads(raw)
         failure = self._next_failure("email")
         if failure:  # "{to}" in a canned error stands for the request's recipient
@@ -108,6 +115,7 @@ class ProviderStub:
                      "ErrorCode": 0, "Message": "OK"}
 
     def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        time.sleep(self.latency)
         form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         failure = self._next_failure("sms")
         if failure:

@@ -1,0 +1,210 @@
+"""Batches: steps due at one instant run as one task, messages travel in send batches, and
+nothing about a batch may lose a message, send one twice, or let one bad row hold up the
+rest."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from celery.signals import before_task_publish
+from django.utils import timezone
+
+from drip import scheduler
+from drip.consent import ConsentView, record_consent
+from drip.models import Channel, ConsentRecord, Message, Step
+from drip.sender import send_messages
+from drip.steps import run_steps
+from drip.tasks import enqueue_steps
+from drip.tasks import run_steps as run_steps_task
+from drip.tasks import send_messages as send_messages_task
+from tests.conftest import flush_broker
+from tests.factories import make_contact, make_event, register_quietly
+from tests.test_durability import assert_each_sent_once
+from tests.test_pre_event_funnel import wait_until
+
+
+@pytest.fixture
+def published() -> Iterator[list[tuple[str, list, object]]]:
+    """Every task this process publishes, as (task name, args, eta): the real publish, seen
+    through Celery's own signal."""
+    seen: list[tuple[str, list, object]] = []
+
+    def record(sender: str, body: tuple, headers: dict, **kwargs: object) -> None:
+        seen.append((headers["task"], list(body[0]), headers.get("eta")))
+
+    before_task_publish.connect(record, weak=False)
+    yield seen
+    before_task_publish.disconnect(record)
+
+
+def tasks_named(published: list, name: str) -> list[list]:
+    return [args for task, args, _ in published if task == f"drip.tasks.{name}"]
+
+
+def steps_due_together(n: int, due: datetime, key: str = "reminder_1h", **contact_fields: object) -> list[Step]:
+    """n registrations of one event, each with the same pre-event step due at `due`,
+    planned as the planner does it (claimed and enqueued when inside the horizon)."""
+    event = make_event(starts_in=3600 * 48)
+    registrations = [register_quietly(make_contact(**contact_fields), event) for _ in range(n)]
+    return scheduler.schedule_steps([
+        Step(registration=r, funnel="pre_event", key=key, anchor_at=event.starts_at, due_at=due, expires_at=event.starts_at)
+        for r in registrations
+    ])
+
+
+def test_steps_due_at_one_instant_run_as_one_task_and_send_in_batches(worker, providers, settings, published):
+    settings.DRIP_SEND_BATCH = 7
+    steps = steps_due_together(20, timezone.now() + timedelta(seconds=1))
+    providers.wait_for(40)  # reminder_1h: an email and an SMS each
+    wait_until(lambda: Message.objects.filter(status=Message.Status.SENT).count() == 40)
+    assert_each_sent_once(providers, 40)
+    [batch] = tasks_named(published, "run_steps")
+    assert sorted(batch[0]) == sorted(s.pk for s in steps)
+    sends = tasks_named(published, "send_messages")
+    assert len(sends) == math.ceil(40 / 7) and max(len(args[0]) for args in sends) == 7
+    assert set(Step.objects.values_list("status", "attempts")) == {(Step.Status.DONE, 1)}
+    assert set(Message.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_steps_due_at_different_times_never_wait_for_each_other(transactional_db, settings, published):
+    settings.DRIP_STEP_BATCH = 2
+    now = timezone.now().replace(microsecond=0)
+    due = [now + timedelta(seconds=s) for s in (30, 10, 30, 20, 30)]
+    try:
+        enqueue_steps(list(zip(range(1, 6), due, strict=True)))
+    finally:
+        flush_broker()
+    batches = [(args[0], eta) for task, args, eta in published if task == "drip.tasks.run_steps"]
+    assert batches == [
+        ([2], (now + timedelta(seconds=10)).isoformat()),
+        ([4], (now + timedelta(seconds=20)).isoformat()),
+        ([1, 3], (now + timedelta(seconds=30)).isoformat()),  # same instant, cut at DRIP_STEP_BATCH
+        ([5], (now + timedelta(seconds=30)).isoformat()),
+    ]
+
+
+def test_overlapping_and_repeated_batches_send_each_message_once(worker, providers):
+    steps = steps_due_together(4, timezone.now() + timedelta(hours=1), key="welcome")
+    Step.objects.update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
+    ids = [s.pk for s in steps]
+    for batch in (ids[:3], ids[:3], ids[1:]):
+        run_steps_task.delay(batch)
+    wait_until(lambda: Message.objects.filter(status=Message.Status.SENT).count() == 4)
+    messages = list(Message.objects.values_list("id", flat=True))
+    for batch in (messages, messages[::-1], messages[:2]):
+        send_messages_task.delay(batch)
+    providers.wait_for(4)
+    wait_until(lambda: not Message.objects.exclude(status=Message.Status.SENT).exists(), timeout=3)
+    assert_each_sent_once(providers, 4)
+    assert set(Step.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_a_step_whose_check_crashes_fails_alone(db, monkeypatch):
+    steps = steps_due_together(3, timezone.now() + timedelta(hours=1), key="welcome")
+    Step.objects.update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
+    bad = steps[1].pk
+    from drip import steps as step_module
+
+    real = step_module.step_block
+
+    def crash_on_one(step, now):
+        if step.pk == bad:
+            raise RuntimeError("a bug in a check")
+        return real(step, now)
+
+    monkeypatch.setattr(step_module, "step_block", crash_on_one)
+    run_steps([s.pk for s in steps])
+    outcome = dict(Step.objects.values_list("id", "status"))
+    assert outcome == {steps[0].pk: Step.Status.DONE, bad: Step.Status.FAILED, steps[2].pk: Step.Status.DONE}
+    assert Step.objects.get(pk=bad).reason == "step check crashed: RuntimeError: a bug in a check"
+    assert Message.objects.filter(status=Message.Status.QUEUED).count() == 2
+
+
+def test_a_send_batch_past_its_time_budget_hands_the_rest_to_a_new_task(worker, providers, settings, published):
+    settings.DRIP_SEND_BATCH = 10
+    settings.DRIP_SEND_BATCH_SECONDS = 0.3
+    providers.slow_down(0.1)
+    steps_due_together(10, timezone.now(), key="welcome")  # one email each, due now: one batch of 10
+    providers.wait_for(10)
+    wait_until(lambda: Message.objects.filter(status=Message.Status.SENT).count() == 10)
+    assert_each_sent_once(providers, 10)
+    sends = tasks_named(published, "send_messages")
+    assert len(sends) >= 2 and len(sends[0][0]) == 10
+    assert set(sends[1][0]) < set(sends[0][0])  # the tail of the first batch, nothing new
+    # Handing back is not an attempt: every message went out on its first.
+    assert set(Message.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_an_unexpected_error_mid_batch_hands_back_the_rest(db, providers, monkeypatch, django_capture_on_commit_callbacks, settings):
+    steps_due_together(3, timezone.now() + timedelta(hours=1), key="welcome")
+    Step.objects.update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
+    run_steps(list(Step.objects.values_list("id", flat=True)))
+    first, bad, last = Message.objects.order_by("id")
+    from drip import sender
+
+    real = sender.message_block
+
+    def crash_on_one(message, now, consent=None):
+        if message.pk == bad.pk:
+            raise ConnectionError("the database went away")
+        return real(message, now, consent)
+
+    monkeypatch.setattr(sender, "message_block", crash_on_one)
+    with django_capture_on_commit_callbacks() as handed_back, pytest.raises(ConnectionError):
+        send_messages([first.pk, bad.pk, last.pk])
+    for m in (first, bad, last):
+        m.refresh_from_db()
+    assert (first.status, first.attempts) == (Message.Status.SENT, 1)
+    # Never reached the provider: the reconciler sends it again after the grace.
+    assert (bad.status, bad.sending_at) == (Message.Status.SENDING, None)
+    # Not tried: queued again at once, the claim not counted, with a task of its own.
+    assert (last.status, last.attempts) == (Message.Status.QUEUED, 0)
+    assert len(handed_back) == 1 and len(providers.messages()) == 1
+
+    # A message whose send task keeps dying stops after DRIP_SEND_MAX_ATTEMPTS.
+    Message.objects.filter(pk=bad.pk).update(attempts=settings.DRIP_SEND_MAX_ATTEMPTS, updated_at=timezone.now() - timedelta(hours=1))
+    scheduler.reconcile()
+    bad.refresh_from_db()
+    assert bad.status == Message.Status.FAILED and "did not finish" in bad.error
+
+
+def test_steps_lost_mid_run_come_back_one_per_task(db, published, django_capture_on_commit_callbacks):
+    steps = steps_due_together(3, timezone.now() + timedelta(hours=1), key="welcome")
+    long_ago = timezone.now() - timedelta(hours=1)
+    Step.objects.update(status=Step.Status.RUNNING, started_at=long_ago, due_at=long_ago, attempts=1)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert scheduler.reconcile()["steps_reenqueued"] == 3
+    finally:
+        flush_broker()
+    # The batch died once; if one of its steps is what kills it, it now dies alone.
+    assert sorted(tasks_named(published, "run_steps")) == sorted([[s.pk]] for s in steps)
+
+
+def test_a_batch_sees_a_revocation_once_its_consent_view_is_older_than_max_age(db):
+    contact = make_contact()
+    fresh, stale = ConsentView([contact.pk], max_age=0), ConsentView([contact.pk], max_age=3600)
+    assert fresh.granted(contact.pk, Channel.SMS) and stale.granted(contact.pk, Channel.SMS)
+    record_consent(contact, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="STOP")
+    assert not fresh.granted(contact.pk, Channel.SMS)
+    assert stale.granted(contact.pk, Channel.SMS)  # read a moment ago; re-read after max_age
+    stale.revoked(contact.pk, Channel.SMS)  # what the sender does on a provider's opt-out
+    assert not stale.granted(contact.pk, Channel.SMS)
+    assert fresh.granted(contact.pk, Channel.EMAIL)
+
+
+def test_batches_cost_a_constant_number_of_queries(db, providers, django_assert_max_num_queries):
+    steps = steps_due_together(50, timezone.now() + timedelta(hours=1), key="reminder_1h")
+    Step.objects.update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
+    # Claim, locked load, consent, mark done, insert, and the transaction's BEGIN/COMMIT.
+    with django_assert_max_num_queries(8):
+        run_steps([s.pk for s in steps])
+    ids = list(Message.objects.values_list("id", flat=True))
+    assert len(ids) == 100
+    # Claim, load, consent for the batch; then what will be sent, and the outcome, per message.
+    with django_assert_max_num_queries(3 + 2 * 100):
+        send_messages(ids)
+    assert Counter(Message.objects.values_list("status", flat=True)) == {Message.Status.SENT: 100}
