@@ -29,6 +29,9 @@ class BenchStub:
     def __init__(self) -> None:
         self._receipts: list[Receipt] = []
         self._lock = threading.Lock()
+        # Seconds before each answer, as a real provider's (the server is threaded, so
+        # concurrent requests wait side by side).
+        self.latency = 0.0
         self.server, self.url = serve_provider_api(self, "bench-stub")
 
     def close(self) -> None:
@@ -40,12 +43,14 @@ class BenchStub:
             self._receipts.append(Receipt(kind, to, time.time()))
 
     def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        time.sleep(self.latency)
         to = json.loads(raw).get("To", "")
         self._record("email", to)
         return 200, {"To": to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": str(uuid.uuid4()),
                      "ErrorCode": 0, "Message": "OK"}
 
     def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        time.sleep(self.latency)
         form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         self._record("sms", form.get("To", ""))
         return 201, {"sid": "SM" + uuid.uuid4().hex, "status": "queued", "to": form.get("To"), "from": form.get("From"),

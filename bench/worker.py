@@ -17,15 +17,18 @@ LOG_DIR = Path(__file__).resolve().parent / "logs"
 # named explicitly; concurrency 2 because this machine has 2 cores.
 WORKER_ARGS = ["worker", "--queues", "steps,messages", "--pool", "prefork", "--concurrency", "2",
                "--loglevel", "WARNING"]
+# The Procfile's sender line: threads for the messages queue, which mostly waits on providers.
+SENDER_ARGS = ["worker", "--queues", "messages", "--pool", "threads", "--concurrency", "16",
+               "--hostname", "sender@%h", "--loglevel", "WARNING"]
 
 
 class Worker:
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], args: list[str] = WORKER_ARGS) -> None:
         LOG_DIR.mkdir(exist_ok=True)
         self.log_path = LOG_DIR / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bench.celery_bench", *WORKER_ARGS],
+            [sys.executable, "-m", "celery", "-A", "bench.celery_bench", *args],
             cwd=ROOT, env=env, start_new_session=True, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -33,12 +36,12 @@ class Worker:
     def pid(self) -> int:
         return self.process.pid
 
-    def wait_ready(self, app, timeout: float = 60) -> None:
+    def wait_ready(self, app, timeout: float = 60, hostname: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
-            if app.control.ping(timeout=0.5):
+            if app.control.ping(timeout=0.5, destination=[hostname] if hostname else None):
                 return
         raise RuntimeError(f"worker did not answer a ping within {timeout}s; see {self.log_path}")
 

@@ -1,5 +1,5 @@
 """Direct sends (the seed's `message.send`): one Message outside any funnel, handed to the
-same send_message as every funnel step."""
+same sender (send_messages) as every funnel step."""
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,6 +1,6 @@
 """The one place that decides "may this be sent now": registration, event state and time
 (through the funnel's own rules), expiry, address and consent. Called by the step task
-before it creates messages and by send_message right before the provider call."""
+before it creates messages and by the sender right before the provider call."""
 from __future__ import annotations
 
 from datetime import datetime

@@ -188,7 +188,7 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -
     for rows in _in_batches(lost, ("next_attempt_at",)):
         with transaction.atomic():
             # Stuck and overdue ones are due now, with a fresh next_attempt_at so the next run
-            # leaves them be; one waiting out a retry backoff keeps its time (send_message
+            # leaves them be; one waiting out a retry backoff keeps its time (the sender
             # won't claim it early). Duplicate tasks are harmless: the claim decides.
             lost.filter(id__in=[mid for mid, _ in rows], next_attempt_at__lt=now).update(
                 status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now

@@ -55,7 +55,9 @@ def send_messages(message_ids: list[int]) -> None:
     deadline = time.monotonic() + min(settings.DRIP_SEND_BATCH_SECONDS, settings.DRIP_RECONCILE_GRACE / 4)
     for index, message in enumerate(batch):
         if index and time.monotonic() > deadline:
-            _hand_back(batch[index:])
+            # A slow provider: the rest goes back in pieces of what one task got through in
+            # the budget, so idle workers (the threads of a sender) share it.
+            _hand_back(batch[index:], pieces_of=index)
             return
         try:
             _send_one(message, consent)
@@ -121,9 +123,9 @@ def _send_one(message: Message, consent: ConsentView) -> None:
     log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
 
 
-def _hand_back(messages: list[Message]) -> None:
+def _hand_back(messages: list[Message], pieces_of: int | None = None) -> None:
     """Claimed messages this task will not get to: queued again, due now, the claim not
-    counted as an attempt, and a new task for them."""
+    counted as an attempt, and new tasks for them."""
     from .tasks import enqueue_sends
 
     if not messages:
@@ -135,7 +137,7 @@ def _hand_back(messages: list[Message]) -> None:
             claim_token=messages[0].claim_token, sending_at__isnull=True,
         ).update(status=Message.Status.QUEUED, attempts=F("attempts") - 1, next_attempt_at=now, updated_at=now)
         ids = [m.id for m in messages]
-        transaction.on_commit(lambda: enqueue_sends(ids))
+        transaction.on_commit(lambda: enqueue_sends(ids, batch_size=pieces_of))
 
 
 def _rate_limit_wait(message: Message) -> float:

@@ -154,10 +154,11 @@ DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 600.0, minimum=1)
 # Work is handed to tasks in batches: the step task runs up to DRIP_STEP_BATCH steps due at
 # the same instant, the send task up to DRIP_SEND_BATCH messages (one claim, one load, one
 # consent read for all of them). A send batch that runs longer than DRIP_SEND_BATCH_SECONDS
-# (a slow provider) hands its unsent rest to a new task, so no claim is held for long.
+# (a slow provider) hands its unsent rest back as new, smaller tasks: no claim is held for
+# long, and idle workers (a sender's threads) share the work.
 DRIP_STEP_BATCH = int(env_float("DRIP_STEP_BATCH", 200, minimum=1))
 DRIP_SEND_BATCH = int(env_float("DRIP_SEND_BATCH", 50, minimum=1))
-DRIP_SEND_BATCH_SECONDS = env_float("DRIP_SEND_BATCH_SECONDS", 20.0, minimum=0.1)
+DRIP_SEND_BATCH_SECONDS = env_float("DRIP_SEND_BATCH_SECONDS", 2.0, minimum=0.1)
 DRIP_SEND_MAX_ATTEMPTS = int(env_float("DRIP_SEND_MAX_ATTEMPTS", 5, minimum=1))
 DRIP_RETRY_BASE_DELAY = env_float("DRIP_RETRY_BASE_DELAY", 10.0, minimum=0)
 DRIP_RETRY_MAX_DELAY = env_float("DRIP_RETRY_MAX_DELAY", 600.0, minimum=0)

@@ -75,6 +75,6 @@ def enqueue_steps(claimed: Iterable[tuple[int, datetime]]) -> None:
             run_steps.apply_async((batch,), eta=due_at)
 
 
-def enqueue_sends(message_ids: Sequence[int], eta: datetime | None = None) -> None:
-    for batch in chunks(iter(message_ids), settings.DRIP_SEND_BATCH):
+def enqueue_sends(message_ids: Sequence[int], eta: datetime | None = None, batch_size: int | None = None) -> None:
+    for batch in chunks(iter(message_ids), min(batch_size or settings.DRIP_SEND_BATCH, settings.DRIP_SEND_BATCH)):
         send_messages.apply_async((batch,), eta=eta)

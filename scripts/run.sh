@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make run: migrations, demo data on first run, then web + worker + beat + flower under honcho.
+# make run: migrations, demo data on first run, then web + worker + sender + beat + flower under honcho.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/redis_up.sh
@@ -16,5 +16,7 @@ echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ (demo login admin / admin)
 export PORT="${PORT:-8000}"
 # The demo superuser's password is public: listen on loopback only unless told otherwise.
 export WEB_BIND="${WEB_BIND:-127.0.0.1}"
+# A few sender threads are plenty for the console backends of a demo (16 in production).
+export DRIP_SENDER_THREADS="${DRIP_SENDER_THREADS:-4}"
 # Not exec: the EXIT trap must still stop a redis-server this script started.
 honcho start --port "$PORT"

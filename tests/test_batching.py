@@ -197,14 +197,15 @@ def test_a_batch_sees_a_revocation_once_its_consent_view_is_older_than_max_age(d
 
 
 def test_batches_cost_a_constant_number_of_queries(db, providers, django_assert_max_num_queries):
-    steps = steps_due_together(50, timezone.now() + timedelta(hours=1), key="reminder_1h")
-    Step.objects.update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
-    # Claim, locked load, consent, mark done, insert, and the transaction's BEGIN/COMMIT.
-    with django_assert_max_num_queries(8):
-        run_steps([s.pk for s in steps])
+    for n in (10, 30):  # one email each (SQLite splits inserts past 999 parameters: stay under)
+        steps = steps_due_together(n, timezone.now() + timedelta(hours=1), key="welcome")
+        Step.objects.filter(pk__in=[s.pk for s in steps]).update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
+        # Claim, locked load, consent, mark done, insert, and the transaction's two statements.
+        with django_assert_max_num_queries(7):
+            run_steps([s.pk for s in steps])
     ids = list(Message.objects.values_list("id", flat=True))
-    assert len(ids) == 100
+    assert len(ids) == 40
     # Claim, load, consent for the batch; then what will be sent, and the outcome, per message.
-    with django_assert_max_num_queries(3 + 2 * 100):
+    with django_assert_max_num_queries(3 + 2 * 40):
         send_messages(ids)
-    assert Counter(Message.objects.values_list("status", flat=True)) == {Message.Status.SENT: 100}
+    assert Counter(Message.objects.values_list("status", flat=True)) == {Message.Status.SENT: 40}
