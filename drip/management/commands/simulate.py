@@ -195,12 +195,19 @@ class Simulation:
         funnel time (every registration's reminder_24h, or thank_you with sorry_missed)
         run together, and the next group waits until their messages are out."""
         self.out.write(f"\n{funnel.name.replace('_', '-')} funnel:")
+        driven: set[int] = set()
         while True:
-            open_steps = list(self.steps(funnel).filter(status__in=Step.OPEN).order_by("due_at", "id"))
-            if not open_steps:
+            # Steps the worker already took on its own (a welcome is due at once) are a group
+            # too, so their messages are shown under their own heading.
+            to_show = list(
+                self.steps(funnel).exclude(id__in=driven)
+                .filter(status__in=[*Step.OPEN, Step.Status.RUNNING, Step.Status.DONE]).order_by("due_at", "id")
+            )
+            if not to_show:
                 break
-            offset = funnel.step(open_steps[0].key).offset
-            group = [s for s in open_steps if funnel.step(s.key).offset == offset]
+            offset = funnel.step(to_show[0].key).offset
+            group = [s for s in to_show if funnel.step(s.key).offset == offset]
+            driven.update(s.pk for s in group)
             keys = list(dict.fromkeys(s.key for s in group))
             label = when_label(funnel, funnel.step(keys[0]))
             wait = group[0].due_at - timezone.now()
