@@ -56,8 +56,9 @@ def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
     cancelled and planned again, as a new plan version, for the new start.
 
     That is the open steps, a step running right now (its own finish is conditional on
-    still being "running", so it rolls back), and a step done for the old start whose
-    messages are all still queued (they are skipped here). What was sent stays sent."""
+    still being "running", so it rolls back), a step done for the old start whose messages
+    are all still queued (they are skipped here), and a step skipped for the old start (past
+    due when planned, say): a later start may leave time for it. What was sent stays sent."""
     now = now or timezone.now()
     reason = f"event rescheduled to {event.starts_at.isoformat()}: re-planned"
     with transaction.atomic():
@@ -72,7 +73,7 @@ def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
             status=Step.Status.CANCELLED, finished_at=now, reason=reason
         )
         undelivered = _done_but_undelivered(event, reason)
-        to_replan = unfinished + undelivered
+        to_replan = unfinished + undelivered + _skipped_for_an_old_start(event)
         if not to_replan:
             return []
         if event.starts_at <= now or event.status != Event.Status.SCHEDULED:
@@ -111,6 +112,25 @@ def _done_but_undelivered(event: Event, reason: str) -> list[tuple[int, int, str
             status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now()
         )
     return rows
+
+
+def _skipped_for_an_old_start(event: Event) -> list[tuple[int, int, str]]:
+    """The latest plan of a timed step, skipped for an old start without reaching anyone
+    (it was past due when planned, or expired): planned again, it is skipped again if the
+    new start leaves no time for it either."""
+    timed_keys = [d.key for d in PRE_EVENT.steps if d.offset is not None]
+    rows = list(
+        Step.objects.filter(
+            registration__event=event, registration__status=Registration.Status.ACTIVE, funnel=PRE_EVENT.name,
+            status=Step.Status.SKIPPED, key__in=timed_keys,
+        )
+        .exclude(anchor_at=event.starts_at)
+        .annotate(sent=Count("messages"))
+        .filter(sent=0)
+        .values_list("id", "registration_id", "key", "plan_version")
+    )
+    latest = _latest_versions(r[1] for r in rows)
+    return [(step_id, reg_id, key) for step_id, reg_id, key, version in rows if version == latest[(reg_id, key)]]
 
 
 def _latest_versions(registration_ids: Iterable[int]) -> dict[tuple[int, str], int]:

@@ -110,6 +110,32 @@ def test_rescheduling_moves_the_reminders(worker, providers, scaled):
     assert len(providers.messages()) == 5  # the welcome is not sent again
 
 
+def test_a_reminder_skipped_as_too_late_comes_back_when_the_event_moves_later(db):
+    event = make_event(starts_in=3600 * 10)  # enrolled 10 h before: no time for the 24 h reminder
+    registration = enroll(make_contact(), event)
+    [skipped] = Step.objects.filter(registration=registration, key="reminder_24h")
+    assert skipped.status == Step.Status.SKIPPED and "already past when planned" in skipped.reason
+    Step.objects.filter(registration=registration, key="welcome").update(status=Step.Status.DONE)  # as a worker would
+
+    event.starts_at = timezone.now() + timedelta(days=3)
+    event.save()
+    revived = Step.objects.get(registration=registration, key="reminder_24h", plan_version=2)
+    assert (revived.status, revived.due_at, revived.anchor_at) == (
+        Step.Status.PENDING, event.starts_at - timedelta(hours=24), event.starts_at
+    )
+    skipped.refresh_from_db()
+    assert skipped.status == Step.Status.SKIPPED  # the old plan's record stays as it was
+    assert Step.objects.filter(registration=registration, key="welcome").count() == 1
+
+    # Moved closer again: the new plan is skipped too, and nothing is planned twice.
+    event.starts_at = timezone.now() + timedelta(hours=5)
+    event.save()
+    latest = Step.objects.filter(registration=registration, key="reminder_24h").order_by("-plan_version")
+    assert [(s.plan_version, s.status) for s in latest] == [
+        (3, Step.Status.SKIPPED), (2, Step.Status.CANCELLED), (1, Step.Status.SKIPPED)
+    ]
+
+
 @pytest.mark.parametrize("what", ["event", "registration"])
 def test_cancelling_stops_the_reminders(worker, providers, scaled, what):
     contact = make_contact()
