@@ -3,6 +3,7 @@ and the read-only audit of steps and messages."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib import admin, messages
@@ -11,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from .consent import has_consent, latest_record, record_consent
@@ -145,6 +147,33 @@ class EventAdmin(admin.ModelAdmin):
     actions = ["complete_event", "cancel_events"]
     # Status changes go through the actions, which also start or stop the funnels.
     readonly_fields = ("local_start", "status", "completed_at")
+
+    def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
+                        extra_context: dict | None = None) -> HttpResponse:
+        # Times on the event's page are shown and typed in the event's own zone (the one
+        # submitted with the form, when the operator changes it too), as its audience sees them.
+        with timezone.override(self._zone(request, object_id)):
+            response = super().changeform_view(request, object_id, form_url, extra_context)
+            if isinstance(response, TemplateResponse):
+                response.render()  # here, inside the zone; a TemplateResponse renders late
+            return response
+
+    @staticmethod
+    def _zone(request: HttpRequest, object_id: str | None) -> ZoneInfo:
+        name = request.POST.get("timezone") if request.method == "POST" else None
+        if not name and object_id and object_id.isdigit():
+            name = Event.objects.filter(pk=object_id).values_list("timezone", flat=True).first()
+        try:
+            validate_timezone(name or "UTC")
+        except ValidationError:  # the form says so, on the timezone field
+            return ZoneInfo("UTC")
+        return ZoneInfo(name or "UTC")
+
+    def get_form(self, request: HttpRequest, obj: Event | None = None, change: bool = False, **kwargs: object) -> type:
+        form = super().get_form(request, obj, change, **kwargs)
+        if "starts_at" in form.base_fields:
+            form.base_fields["starts_at"].help_text = "In the event's time zone (its time zone field)."
+        return form
 
     @admin.display(description="start in the event's time zone")
     def local_start(self, event: Event) -> str:

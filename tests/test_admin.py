@@ -165,3 +165,23 @@ def test_completing_in_the_future_is_refused_and_status_is_not_editable(operator
     from drip.rendering import format_when
 
     assert format_when(event.starts_at, "America/New_York") in change  # shown in the event's zone
+
+
+def test_an_event_start_is_typed_and_shown_in_the_event_time_zone(operator):
+    response = operator.post("/admin/drip/event/add/", {
+        "external_id": "e1", "title": "T", "starts_at_0": "2030-07-01", "starts_at_1": "15:00:00",
+        "timezone": "America/New_York", "join_url": "https://example.com/j",
+    })
+    assert response.status_code == 302, response.content.decode()
+    event = Event.objects.get()
+    assert event.starts_at.isoformat() == "2030-07-01T19:00:00+00:00"  # 3 PM EDT
+    change = operator.get(f"/admin/drip/event/{event.pk}/change/").content.decode()
+    assert 'value="15:00:00"' in change and 'value="2030-07-01"' in change
+    # A time that does not exist in the zone (the spring-forward gap) is refused, naming it.
+    response = operator.post(f"/admin/drip/event/{event.pk}/change/", {
+        "external_id": "e1", "title": "T", "starts_at_0": "2030-03-10", "starts_at_1": "02:30:00",
+        "timezone": "America/New_York", "join_url": "https://example.com/j",
+    })
+    assert response.status_code == 200 and "America/New_York" in response.content.decode()
+    event.refresh_from_db()
+    assert event.starts_at.isoformat() == "2030-07-01T19:00:00+00:00"
