@@ -55,8 +55,8 @@ def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
     """The event moved: every pre-event step that has not yet reached a recipient is
     cancelled and planned again, as a new plan version, for the new start.
 
-    That is the open steps, a step running right now (its own finish is conditional on
-    still being "running", so it rolls back), a step done for the old start whose messages
+    That is the open steps, a step running right now (its run finishes only steps it still
+    holds, locked, as "running", so it leaves this one alone), a step done for the old start whose messages
     are all still queued (they are skipped here), and a step skipped for the old start (past
     due when planned, say): a later start may leave time for it. What was sent stays sent."""
     now = now or timezone.now()
@@ -90,28 +90,25 @@ def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
 
 
 def _done_but_undelivered(event: Event, reason: str) -> list[tuple[int, int, str]]:
-    """Steps done for an old start whose messages have not started sending: their queued
-    messages are skipped and the steps planned again. The welcome is not tied to the start
-    (it renders the current one), so it is left to go out."""
+    """Steps done for an old start with messages that have not reached a provider: those
+    messages are withdrawn (they name the old time), and the steps none of whose messages
+    reached anyone are planned again. The welcome is not tied to the start (it renders the
+    current one), so it is left to go out."""
     timed_keys = [d.key for d in PRE_EVENT.steps if d.offset is not None]
-    gone = [Message.Status.SENDING, Message.Status.SENT, Message.Status.DELIVERED, Message.Status.FAILED, Message.Status.BOUNCED]
+    # Claimed by a send batch but not yet at its provider call counts as unsent.
+    unsent = Q(status=Message.Status.QUEUED) | Q(status=Message.Status.SENDING, sending_at__isnull=True)
     rows = list(
         Step.objects.filter(registration__event=event, funnel=PRE_EVENT.name, status=Step.Status.DONE, key__in=timed_keys)
         .exclude(anchor_at=event.starts_at)
-        .annotate(
-            queued=Count("messages", filter=Q(messages__status=Message.Status.QUEUED)),
-            gone=Count("messages", filter=Q(messages__status__in=gone)),
-        )
-        .filter(queued__gt=0, gone=0)
+        .filter(id__in=Message.objects.filter(unsent).values("step_id"))
         .values_list("id", "registration_id", "key")
     )
-    if rows:
-        # Conditional: a message claimed meanwhile goes on to its send-time check, which
-        # skips it for the old start.
-        Message.objects.filter(step_id__in=[r[0] for r in rows], status=Message.Status.QUEUED).update(
-            status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now()
-        )
-    return rows
+    steps = [r[0] for r in rows]
+    Message.objects.filter(step_id__in=steps).withdraw(reason)
+    # What reached a provider (before, or meanwhile) stays sent, and its step is not repeated.
+    reached = ~unsent & ~Q(status=Message.Status.SKIPPED)
+    delivered = set(Message.objects.filter(reached, step_id__in=steps).values_list("step_id", flat=True))
+    return [r for r in rows if r[0] not in delivered]
 
 
 def _skipped_for_an_old_start(event: Event) -> list[tuple[int, int, str]]:
@@ -143,7 +140,9 @@ def _latest_versions(registration_ids: Iterable[int]) -> dict[tuple[int, str], i
 
 
 def cancel_open_steps(steps: QuerySet[Step], reason: str, now: datetime | None = None) -> int:
-    """Cancel every pending or enqueued step of the queryset; running ones re-validate anyway."""
+    """Cancel every pending or enqueued step of the queryset (running ones re-validate
+    anyway), and withdraw their messages that have not reached the provider yet."""
+    Message.objects.filter(step__in=steps).withdraw(reason)
     return steps.filter(status__in=Step.OPEN).update(
         status=Step.Status.CANCELLED, reason=reason, finished_at=now or timezone.now()
     )

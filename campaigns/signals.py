@@ -8,7 +8,7 @@ from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from drip.models import Event, Registration, Step
+from drip.models import Event, Message, Registration, Step
 
 from .completion import replan_post_event
 from .planning import cancel_open_steps, plan_pre_event_steps, replan_pre_event
@@ -27,6 +27,7 @@ def event_changed(sender: type, instance: Event, created: bool, **kwargs: Any) -
         return
     if instance.status == Event.Status.CANCELLED and previous["status"] != Event.Status.CANCELLED:
         cancel_open_steps(Step.objects.filter(registration__event=instance), "event cancelled")
+        Message.objects.filter(registration__event=instance, step__isnull=True).withdraw("event cancelled")
     elif instance.status == Event.Status.SCHEDULED and previous["starts_at"] != instance.starts_at:
         replan_pre_event(instance)
 
@@ -48,5 +49,6 @@ def registration_saved(sender: type, instance: Registration, created: bool, **kw
         if instance.cancelled_at is None:
             Registration.objects.filter(pk=instance.pk).update(cancelled_at=timezone.now())
         cancel_open_steps(instance.steps.all(), "registration cancelled")
+        Message.objects.filter(registration=instance, step__isnull=True).withdraw("registration cancelled")
     elif bool(instance.attended) != bool(was.get("attended")):
         replan_post_event(instance)  # only acts once the event is completed

@@ -10,14 +10,22 @@ import logging
 import time
 from collections.abc import Iterable
 
-from .models import ConsentRecord, Contact
+from .models import ConsentRecord, Contact, Message
 
 log = logging.getLogger("drip.consent")
 Source = ConsentRecord.Source
 
 
+# The newest record of a (contact, channel) is its state.
+NEWEST_FIRST = ("-created_at", "-id")
+
+
+def no_consent_reason(channel: str) -> str:
+    return f"no {channel} consent"
+
+
 def latest_record(contact: Contact, channel: str) -> ConsentRecord | None:
-    return ConsentRecord.objects.filter(contact=contact, channel=channel).order_by("-created_at", "-id").first()
+    return ConsentRecord.objects.filter(contact=contact, channel=channel).order_by(*NEWEST_FIRST).first()
 
 
 def has_consent(contact: Contact, channel: str) -> bool:
@@ -40,7 +48,7 @@ class ConsentView:
         # reading it whole and keeping the first per key is one portable query.
         rows = (
             ConsentRecord.objects.filter(contact_id__in=self.contact_ids)
-            .order_by("contact_id", "channel", "-created_at", "-id")
+            .order_by("contact_id", "channel", *NEWEST_FIRST)
             .values_list("contact_id", "channel", "granted")
         )
         latest: dict[tuple[int, str], bool] = {}
@@ -75,6 +83,10 @@ def record_consent(
                 contact.pk, channel, source, current.source, current.detail,
             )
             return None
-    return ConsentRecord.objects.create(
+    record = ConsentRecord.objects.create(
         contact=contact, channel=channel, granted=granted, source=source, detail=detail, reason=reason
     )
+    if not granted:
+        # At once, not at each message's send-time check: a send batch may hold them.
+        Message.objects.filter(contact=contact, channel=channel).withdraw(no_consent_reason(channel))
+    return record

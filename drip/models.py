@@ -173,6 +173,16 @@ class Step(models.Model):
         return f"{self.funnel}/{self.key} v{self.plan_version} for registration {self.registration_id}"
 
 
+class MessageQuerySet(models.QuerySet):
+    def withdraw(self, reason: str) -> int:
+        """Skip every message here that has not reached its provider call: queued ones, and
+        claimed ones whose sender has not yet recorded the call. A conditional update, so a
+        sender in the middle of a batch finds the row no longer its own and sends nothing;
+        a call already recorded goes on (it may be at the provider already)."""
+        unsent = models.Q(status=Message.Status.QUEUED) | models.Q(status=Message.Status.SENDING, sending_at__isnull=True)
+        return self.filter(unsent).update(status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now())
+
+
 class Message(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -216,8 +226,13 @@ class Message(models.Model):
     # Set with each claim by a send task: the rows a batch won, and the guard on every later
     # write of that attempt (a claim the reconciler took back no longer matches).
     claim_token = models.CharField(max_length=32, blank=True)
+    # Claims lost before the provider call (the worker died holding it); past a few, the
+    # message itself is what kills its worker, and it is failed instead of retried again.
+    lost_claims = models.PositiveSmallIntegerField(default=0)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

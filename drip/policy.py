@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from .consent import ConsentView, has_consent
+from .consent import ConsentView, has_consent, no_consent_reason
 from .models import Contact, Event, Message, Registration, Step
 
 
@@ -56,7 +56,7 @@ def channel_block_reason(contact: Contact, channel: str, consent: ConsentView | 
         return f"contact has no {'email address' if channel == 'email' else 'phone number'}"
     granted = consent.granted(contact.pk, channel) if consent is not None else has_consent(contact, channel)
     if not granted:
-        return f"no {channel} consent"
+        return no_consent_reason(channel)
     return ""
 
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from .models import Message, Step
@@ -28,6 +28,7 @@ from .models import Message, Step
 log = logging.getLogger("drip.scheduler")
 CLAIM_BATCH = 1000
 STEP_MAX_ATTEMPTS = 5
+MAX_LOST_CLAIMS = 5
 
 
 def horizon(now: datetime) -> datetime:
@@ -71,13 +72,9 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
 
 def enqueue_step_tasks(claimed: list[tuple[int, datetime]], alone: bool = False) -> None:
     """Batched by due time (tasks.enqueue_steps); `alone` gives every step its own task."""
-    from .tasks import enqueue_steps, run_steps
+    from .tasks import enqueue_steps
 
-    if not alone:
-        enqueue_steps(claimed)
-        return
-    for step_id, due_at in claimed:
-        run_steps.apply_async(([step_id],), eta=due_at)
+    enqueue_steps(claimed, batch_size=1 if alone else None)
 
 
 def dispatch_due_steps() -> int:
@@ -179,20 +176,24 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -
     # A send stuck before its provider call (sending_at unset) never left: send it again.
     stuck = Q(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale)
     # One whose send task keeps dying before the provider call (a bug) stops here.
-    Message.objects.filter(stuck, attempts__gte=settings.DRIP_SEND_MAX_ATTEMPTS).update(
+    Message.objects.filter(stuck, lost_claims__gte=MAX_LOST_CLAIMS - 1).update(
         status=Message.Status.FAILED, updated_at=now,
-        error=f"send task did not finish in {settings.DRIP_SEND_MAX_ATTEMPTS} attempts; see the worker log",
+        error=f"send task did not finish in {MAX_LOST_CLAIMS} attempts; see the worker log",
     )
     lost = Message.objects.filter(queued | stuck)
     total = 0
     for rows in _in_batches(lost, ("next_attempt_at",)):
+        ids = [mid for mid, _ in rows]
         with transaction.atomic():
-            # Stuck and overdue ones are due now, with a fresh next_attempt_at so the next run
-            # leaves them be; one waiting out a retry backoff keeps its time (the sender
-            # won't claim it early). Duplicate tasks are harmless: the claim decides.
-            lost.filter(id__in=[mid for mid, _ in rows], next_attempt_at__lt=now).update(
-                status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now
+            # A stuck claim never reached the provider: not an attempt, but a lost claim.
+            Message.objects.filter(stuck, id__in=ids).update(
+                status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now,
+                attempts=F("attempts") - 1, lost_claims=F("lost_claims") + 1,
             )
+            # Overdue ones are due now, with a fresh next_attempt_at so the next run leaves
+            # them be; one waiting out a retry backoff keeps its time (the sender won't claim
+            # it early). Duplicate tasks are harmless: the claim decides.
+            Message.objects.filter(queued, id__in=ids, next_attempt_at__lt=now).update(next_attempt_at=now, updated_at=now)
             due_now = [mid for mid, at in rows if at <= now]
             waiting = [(mid, at) for mid, at in rows if at > now]
             transaction.on_commit(lambda due_now=due_now: enqueue_sends(due_now))

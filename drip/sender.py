@@ -29,6 +29,10 @@ SMS_SEGMENTS_WARNING = 2  # past this, a message costs noticeably more: say so i
 
 # A duplicate of an earlier attempt's task must not jump a retry's backoff.
 EARLY_TOLERANCE = timedelta(seconds=1)
+STALE_SLOT = timedelta(seconds=1)
+# A revocation withdraws the contact's unsent messages itself (consent.record_consent); the
+# batch's own view of consent is re-read this often as well.
+CONSENT_MAX_AGE = 1.0
 # Everything the checks and the templates read, in the batch's one load. A funnel message's
 # step belongs to the message's own registration, which is joined once and shared.
 MESSAGE_RELATED = ("contact", "registration__event", "step")
@@ -49,7 +53,7 @@ def send_messages(message_ids: list[int]) -> None:
     for message in batch:
         if message.step is not None and message.step.registration_id == message.registration_id:
             message.step.registration = message.registration
-    consent = ConsentView(m.contact_id for m in batch)
+    consent = ConsentView((m.contact_id for m in batch), max_age=CONSENT_MAX_AGE)
     # Messages wait their turn claimed but not yet sent; past the budget (a slow provider)
     # the rest goes back to the queue for another task instead of holding its claim.
     deadline = time.monotonic() + min(settings.DRIP_SEND_BATCH_SECONDS, settings.DRIP_RECONCILE_GRACE / 4)
@@ -65,7 +69,10 @@ def send_messages(message_ids: list[int]) -> None:
             # Not a provider error (those are classified): the database went away, or a bug.
             # The messages not yet tried go back to the queue; this one is left to the
             # reconciler, which knows from sending_at whether it reached the provider.
-            _hand_back(batch[index + 1 :])
+            try:
+                _hand_back(batch[index + 1 :])
+            except Exception:  # the database is gone: the reconciler takes them back later
+                message_log(message).exception("could not hand back the rest of the batch")
             raise
 
 
@@ -103,9 +110,9 @@ def _send_one(message: Message, consent: ConsentView) -> None:
         sending_at=timezone.now(), rate_slot_at=None, **_sms_length(message, rendered, log),
     )
     if not recorded:
-        # We stalled long enough for the reconciler to take the message back and hand it
-        # to another task: that one sends it, this one must not.
-        log.warning("%s %s taken back by the reconciler; not sending", message.template_type, message.channel)
+        # Withdrawn meanwhile (a cancel, a reschedule, a revoked consent), or we stalled
+        # long enough for the reconciler to hand it to another task: not ours to send.
+        log.info("%s %s no longer ours (withdrawn, or taken back by the reconciler); not sending", message.template_type, message.channel)
         return
     # Checked again right before the provider call: nothing goes out after expiry.
     expires = message_expiry(message)
@@ -119,7 +126,12 @@ def _send_one(message: Message, consent: ConsentView) -> None:
         _on_transport_error(message, exc, consent, log)
         return
     sent_at = timezone.now()
-    _finish(message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error="")
+    if not _finish(message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error=""):
+        # Only after DRIP_SENDING_TIMEOUT is a recorded call taken away ("outcome unknown"):
+        # it did arrive. Say so loudly, with what an operator needs before sending again.
+        log.error("%s %s accepted by the provider (provider_id=%s) after it was given up as unknown; do not send again",
+                  message.template_type, message.channel, provider_id)
+        return
     log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
 
 
@@ -141,8 +153,11 @@ def _hand_back(messages: list[Message], pieces_of: int | None = None) -> None:
 
 
 def _rate_limit_wait(message: Message) -> float:
-    if message.rate_slot_at is not None:  # reserved on an earlier pass: it is ours now
-        return max(0.0, (message.rate_slot_at - timezone.now()).total_seconds())
+    now = timezone.now()
+    # A slot reserved on an earlier pass is ours, unless it passed unused (the message was
+    # handed back or lost meanwhile): sending on it now would burst past the limit.
+    if message.rate_slot_at is not None and message.rate_slot_at > now - STALE_SLOT:
+        return max(0.0, (message.rate_slot_at - now).total_seconds())
     return reserve_send_slot(message.channel)
 
 

@@ -28,10 +28,10 @@ def run_steps(step_ids: list[int]) -> None:
     claimed = Step.objects.filter(
         id__in=step_ids, status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE
     ).update(status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1, dispatch_token=token)
-    if claimed < len(step_ids):
-        _rearm_early(step_ids, now)  # the rest: already run, cancelled, re-planned, or early
     if claimed:
         _run_claimed(step_ids, token, now)
+    if claimed < len(step_ids):
+        _rearm_early(step_ids, now)  # the rest: already run, cancelled, re-planned, or early
 
 
 def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
@@ -54,7 +54,9 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
             else:
                 runnable.append(step)
         Step.objects.bulk_update([s for s, _ in blocked], ["status", "reason", "finished_at"])
-        Step.objects.filter(id__in=[s.id for s in runnable]).update(status=Step.Status.DONE, finished_at=now)
+        Step.objects.filter(id__in=[s.id for s in runnable], status=Step.Status.RUNNING, dispatch_token=token).update(
+            status=Step.Status.DONE, finished_at=now
+        )
         messages = _messages_for(runnable, now)
         Message.objects.bulk_create(messages)
         # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.

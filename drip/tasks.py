@@ -64,17 +64,22 @@ def reconcile() -> dict[str, int]:
     return scheduler.reconcile()
 
 
-def enqueue_steps(claimed: Iterable[tuple[int, datetime]]) -> None:
+def enqueue_steps(claimed: Iterable[tuple[int, datetime]], batch_size: int | None = None) -> None:
     """One task per batch of steps due at the same instant, with that instant as its ETA:
     steps due at different times never wait for each other."""
     by_due: dict[datetime, list[int]] = defaultdict(list)
     for step_id, due_at in claimed:
         by_due[due_at].append(step_id)
     for due_at, ids in sorted(by_due.items()):
-        for batch in chunks(iter(ids), settings.DRIP_STEP_BATCH):
+        for batch in chunks(iter(ids), _size(batch_size, settings.DRIP_STEP_BATCH)):
             run_steps.apply_async((batch,), eta=due_at)
 
 
 def enqueue_sends(message_ids: Sequence[int], eta: datetime | None = None, batch_size: int | None = None) -> None:
-    for batch in chunks(iter(message_ids), min(batch_size or settings.DRIP_SEND_BATCH, settings.DRIP_SEND_BATCH)):
+    for batch in chunks(iter(message_ids), _size(batch_size, settings.DRIP_SEND_BATCH)):
         send_messages.apply_async((batch,), eta=eta)
+
+
+def _size(wanted: int | None, most: int) -> int:
+    """A caller may ask for smaller batches than the setting allows, never larger."""
+    return most if wanted is None else max(1, min(wanted, most))
