@@ -29,7 +29,11 @@ SMS_SEGMENTS_WARNING = 2  # past this, a message costs noticeably more: say so i
 
 # A duplicate of an earlier attempt's task must not jump a retry's backoff.
 EARLY_TOLERANCE = timedelta(seconds=1)
-STALE_SLOT = timedelta(seconds=1)
+# A reserved rate slot this far in the past was lost (its task too, and the reconciler
+# brought the message back): a fresh one keeps a recovered backlog from bursting past the
+# limit. Shorter than the reconcile grace, longer than a busy worker's delay, so a message
+# that is merely late does not lose its place again and again.
+STALE_SLOT = timedelta(seconds=30)
 # A revocation withdraws the contact's unsent messages itself (consent.record_consent); the
 # batch's own view of consent is re-read this often as well.
 CONSENT_MAX_AGE = 1.0
@@ -154,8 +158,7 @@ def _hand_back(messages: list[Message], pieces_of: int | None = None) -> None:
 
 def _rate_limit_wait(message: Message) -> float:
     now = timezone.now()
-    # A slot reserved on an earlier pass is ours, unless it passed unused (the message was
-    # handed back or lost meanwhile): sending on it now would burst past the limit.
+    # A slot reserved on an earlier pass is ours, unless it was lost (STALE_SLOT).
     if message.rate_slot_at is not None and message.rate_slot_at > now - STALE_SLOT:
         return max(0.0, (message.rate_slot_at - now).total_seconds())
     return reserve_send_slot(message.channel)
