@@ -62,6 +62,10 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
         # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.
         queued = [m.pk for m in messages if m.status == Message.Status.QUEUED]
         transaction.on_commit(lambda: enqueue_sends(queued))
+    _log_outcomes(blocked, runnable, messages, now)
+
+
+def _log_outcomes(blocked: list[tuple[Step, Block]], runnable: list[Step], messages: list[Message], now: datetime) -> None:
     for step, block in blocked:
         step_log(step).info("step %s %s: %s", step.key, block.status, block.reason)
     for m in messages:
