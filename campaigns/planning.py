@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
 from drip.models import Event, Message, Registration, Step
@@ -15,6 +15,8 @@ from drip.scheduler import schedule_steps
 from .funnels import PRE_EVENT, Funnel, FunnelStep, scaled
 
 log = logging.getLogger("campaigns.planning")
+# The pre-event steps tied to the start time (the welcome is not: it renders the current one).
+TIMED_KEYS = tuple(d.key for d in PRE_EVENT.steps if d.offset is not None)
 
 
 def build_step(
@@ -94,20 +96,18 @@ def _done_but_undelivered(event: Event, reason: str) -> list[tuple[int, int, str
     messages are withdrawn (they name the old time), and the steps none of whose messages
     reached anyone are planned again. The welcome is not tied to the start (it renders the
     current one), so it is left to go out."""
-    timed_keys = [d.key for d in PRE_EVENT.steps if d.offset is not None]
-    # Claimed by a send batch but not yet at its provider call counts as unsent.
-    unsent = Q(status=Message.Status.QUEUED) | Q(status=Message.Status.SENDING, sending_at__isnull=True)
     rows = list(
-        Step.objects.filter(registration__event=event, funnel=PRE_EVENT.name, status=Step.Status.DONE, key__in=timed_keys)
+        Step.objects.filter(registration__event=event, funnel=PRE_EVENT.name, status=Step.Status.DONE, key__in=TIMED_KEYS)
         .exclude(anchor_at=event.starts_at)
-        .filter(id__in=Message.objects.filter(unsent).values("step_id"))
+        .filter(id__in=Message.objects.unsent().values("step_id"))
         .values_list("id", "registration_id", "key")
     )
     steps = [r[0] for r in rows]
     Message.objects.filter(step_id__in=steps).withdraw(reason)
     # What reached a provider (before, or meanwhile) stays sent, and its step is not repeated.
-    reached = ~unsent & ~Q(status=Message.Status.SKIPPED)
-    delivered = set(Message.objects.filter(reached, step_id__in=steps).values_list("step_id", flat=True))
+    delivered = set(
+        Message.objects.filter(step_id__in=steps).exclude(status=Message.Status.SKIPPED).values_list("step_id", flat=True)
+    )
     return [r for r in rows if r[0] not in delivered]
 
 
@@ -115,11 +115,10 @@ def _skipped_for_an_old_start(event: Event) -> list[tuple[int, int, str]]:
     """The latest plan of a timed step, skipped for an old start without reaching anyone
     (it was past due when planned, or expired): planned again, it is skipped again if the
     new start leaves no time for it either."""
-    timed_keys = [d.key for d in PRE_EVENT.steps if d.offset is not None]
     rows = list(
         Step.objects.filter(
             registration__event=event, registration__status=Registration.Status.ACTIVE, funnel=PRE_EVENT.name,
-            status=Step.Status.SKIPPED, key__in=timed_keys,
+            status=Step.Status.SKIPPED, key__in=TIMED_KEYS,
         )
         .exclude(anchor_at=event.starts_at)
         .annotate(sent=Count("messages"))

@@ -176,13 +176,18 @@ class Step(models.Model):
 
 
 class MessageQuerySet(models.QuerySet):
+    def unsent(self) -> MessageQuerySet:
+        """Not yet at a provider: queued, or claimed by a sender that has not yet recorded
+        its provider call."""
+        return self.filter(
+            models.Q(status=Message.Status.QUEUED) | models.Q(status=Message.Status.SENDING, sending_at__isnull=True)
+        )
+
     def withdraw(self, reason: str) -> int:
-        """Skip every message here that has not reached its provider call: queued ones, and
-        claimed ones whose sender has not yet recorded the call. A conditional update, so a
-        sender in the middle of a batch finds the row no longer its own and sends nothing;
-        a call already recorded goes on (it may be at the provider already)."""
-        unsent = models.Q(status=Message.Status.QUEUED) | models.Q(status=Message.Status.SENDING, sending_at__isnull=True)
-        return self.filter(unsent).update(status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now())
+        """Skip every unsent message here. A conditional update, so a sender in the middle
+        of a batch finds the row no longer its own and sends nothing; a call already
+        recorded goes on (it may be at the provider already)."""
+        return self.unsent().update(status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now())
 
 
 class Message(models.Model):

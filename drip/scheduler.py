@@ -51,6 +51,8 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
     SKIP LOCKED keeps concurrent dispatchers off each other's rows on PostgreSQL; the
     conditional update plus the token makes the claim exact on any database.
     """
+    from .tasks import enqueue_steps  # tasks imports this module
+
     now = now or timezone.now()
     token = uuid.uuid4().hex
     with transaction.atomic():
@@ -66,15 +68,8 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
             status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token
         )
         claimed = list(Step.objects.filter(id__in=candidates, dispatch_token=token).values_list("id", "due_at"))
-        transaction.on_commit(lambda: enqueue_step_tasks(claimed))
+        transaction.on_commit(lambda: enqueue_steps(claimed))
     return claimed
-
-
-def enqueue_step_tasks(claimed: list[tuple[int, datetime]], alone: bool = False) -> None:
-    """Batched by due time (tasks.enqueue_steps); `alone` gives every step its own task."""
-    from .tasks import enqueue_steps
-
-    enqueue_steps(claimed, batch_size=1 if alone else None)
 
 
 def dispatch_due_steps() -> int:
@@ -154,6 +149,8 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
 
 
 def _reenqueue(lost: QuerySet, now: datetime, alone: bool = False) -> int:
+    from .tasks import enqueue_steps
+
     total = 0
     for rows in _in_batches(lost, ()):
         token = uuid.uuid4().hex
@@ -162,7 +159,7 @@ def _reenqueue(lost: QuerySet, now: datetime, alone: bool = False) -> int:
             # Re-checked by the update itself: a step that started meanwhile is left alone.
             lost.filter(id__in=ids).update(status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token)
             claimed = list(Step.objects.filter(id__in=ids, dispatch_token=token).values_list("id", "due_at"))
-            transaction.on_commit(lambda claimed=claimed: enqueue_step_tasks(claimed, alone))
+            transaction.on_commit(lambda claimed=claimed: enqueue_steps(claimed, batch_size=1 if alone else None))
         total += len(claimed)
     return total
 
