@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): requirements.txt
 run: install
 	@bash scripts/run.sh
 
+# The whole suite after the linters (a tree that does not pass them is not tested); with
+# ARGS (a few tests while working) the linters are left to `make lint`.
 test: install
+	@if [ -z "$(ARGS)" ]; then $(MAKE) --no-print-directory lint; fi
 	@bash scripts/test.sh $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	DEBUG=1 $(BIN)/mypy
 
 bench: install
 	@bash scripts/bench.sh

@@ -18,8 +18,9 @@ import statistics
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bench.stub import BenchStub
 from bench.worker import CpuMeter, Ticker, Worker
@@ -149,8 +150,8 @@ def measure_queries(stub: BenchStub) -> dict:
 
     from bench import world
     from drip.models import Message, Step
-    from drip.sender import send_messages
-    from drip.steps import run_steps
+    from drip.sender import send_batch as send_messages
+    from drip.steps import run_step_batch as run_steps
 
     world.wipe()
     now = timezone.now()
@@ -175,7 +176,7 @@ def measure_queries(stub: BenchStub) -> dict:
                     send_messages(ids)
             elapsed = time.perf_counter() - started
             sent = Message.objects.filter(id__in=mids, status=Message.Status.SENT).count()
-            entry = {"steps": n, "messages": len(mids), "sent": sent, "step_queries": len(step_queries),
+            entry: dict[str, Any] = {"steps": n, "messages": len(mids), "sent": sent, "step_queries": len(step_queries),
                      "send_queries": len(send_queries),
                      "ms_per_message_in_process": round(elapsed / max(1, len(mids)) * 1000, 2)}
             result["send"][f"{label}_{n}"] = round(len(send_queries) / max(1, sent), 2)
@@ -219,8 +220,8 @@ def measure_fan_out(n: int, worker_ticker=None) -> dict:
     from django.utils import timezone
 
     from bench import world
-    from campaigns.completion import complete_event
     from drip.models import Step
+    from drip.services import complete_event
 
     world.wipe()
     event = world.make_event(f"fanout{n}", starts_in=timedelta(hours=-2))
@@ -271,7 +272,7 @@ def measure_noop(app, n: int = 5000, worker=None) -> dict:
     done = int(client.get(NOOP_COUNT) or 0)
     last = float(client.get(NOOP_LAST) or started)
     seconds = last - started
-    result = {"tasks": n, "ran": done, "seconds": round(seconds, 3), "publish_seconds": round(published, 3),
+    result: dict[str, Any] = {"tasks": n, "ran": done, "seconds": round(seconds, 3), "publish_seconds": round(published, 3),
               "tasks_per_second": round(done / seconds, 1) if seconds > 0 else None, "complete": done == n}
     if cpu:
         # The publishing loop runs in this process: its CPU is the bench's, not the worker's.
@@ -462,9 +463,8 @@ def measure_eta_memory(app, worker, n: int, before: dict) -> dict:
     """Plain ETA scheduling for comparison: n no-op tasks due in 3 days, sent straight to
     Celery. The worker takes every one into memory (ETA tasks bypass the prefetch limit)
     and holds it there unacknowledged until it is due."""
-    from datetime import timezone as tz
 
-    eta = datetime.now(tz.utc) + timedelta(days=3)
+    eta = datetime.now(UTC) + timedelta(days=3)
     for _ in range(n):
         app.send_task("bench.noop", eta=eta)
     deadline = time.monotonic() + min(60, remaining(reserve=60))
@@ -479,7 +479,8 @@ def measure_eta_memory(app, worker, n: int, before: dict) -> dict:
     return {
         "tasks": n, "all_reserved_by_worker": backlog["unacked"] >= n and not backlog["queued_steps"],
         "rss_kb": held["rss_kb"], "rss_delta_mb": round(delta_kb / 1024, 2),
-        "kb_per_task": round(delta_kb / n, 2), "redis_delta_kb": held["broker"]["redis_used_memory_kb"] - before["broker"]["redis_used_memory_kb"],
+        "kb_per_task": round(delta_kb / n, 2),
+        "redis_delta_kb": held["broker"]["redis_used_memory_kb"] - before["broker"]["redis_used_memory_kb"],
         "broker": held["broker"],
     }
 
@@ -498,7 +499,8 @@ def table(results: dict) -> str:
     d, noop = results.get("dispatch", {}), results.get("noop", {})
     if d:
         short = "" if d["complete"] else f" INCOMPLETE: {d['received']} of {d['messages']}"
-        rows.append((f"dispatch, {d['messages']:,} msgs due -> stub", f"{d['messages_per_second']} msg/s ({d['seconds']:.1f} s){short}", "", ""))
+        rate = f"{d['messages_per_second']} msg/s ({d['seconds']:.1f} s){short}"
+        rows.append((f"dispatch, {d['messages']:,} msgs due -> stub", rate, "", ""))
     if noop:
         short = "" if noop["complete"] else f" INCOMPLETE: {noop['ran']} of {noop['tasks']}"
         rows.append((f"no-op task, {noop['tasks']:,} tasks", f"{noop['tasks_per_second']} tasks/s{short}", "", ""))
@@ -511,7 +513,8 @@ def table(results: dict) -> str:
                      f"< {GOALS['memory_delta_mb']} MB", mark(m["ok"])))
         eta = m.get("plain_eta", {})
         if not eta.get("skipped"):
-            rows.append((f"  for comparison: {eta['tasks']:,} plain ETA tasks", f"{eta['rss_delta_mb']:+.2f} MB = {eta['kb_per_task']} kB/task", "", ""))
+            held = f"{eta['rss_delta_mb']:+.2f} MB = {eta['kb_per_task']} kB/task"
+            rows.append((f"  for comparison: {eta['tasks']:,} plain ETA tasks", held, "", ""))
     slow = results.get("slow_provider")
     if slow:
         for label, key in (("prefork worker alone", "worker_alone"), (f"+ sender, {slow['sender_threads']} threads", "with_sender")):
@@ -522,7 +525,8 @@ def table(results: dict) -> str:
         label = "spread over 60 s" if late.get("spread_seconds") else "all at one instant"
         if late.get("received"):
             short = "" if late["complete"] else f" INCOMPLETE: {late['received']} of {late['steps']}"
-            rows.append((f"lateness, {late['steps']:,} steps {label}", f"p50 {late['p50_ms']:.0f} ms, p99 {late['p99_ms']:.0f} ms{short}", "", ""))
+            spread = f"p50 {late['p50_ms']:.0f} ms, p99 {late['p99_ms']:.0f} ms{short}"
+            rows.append((f"lateness, {late['steps']:,} steps {label}", spread, "", ""))
     q = results.get("queries")
     if q:
         def per(kind: str, label: str) -> str:
@@ -590,7 +594,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the harness (not for the README)")
     args = parser.parse_args()
     require_own_redis()
-    sizes = {"fan_out": (10_000, 100_000), "dispatch": 5000, "noop": 5000, "slow": 1000, "lateness": 1000, "eta": 10_000,
+    sizes: dict[str, Any] = {"fan_out": (10_000, 100_000), "dispatch": 5000, "noop": 5000, "slow": 1000, "lateness": 1000, "eta": 10_000,
              "settle": 8.0}
     if args.quick:
         sizes = {"fan_out": (1000, 5000), "dispatch": 500, "noop": 500, "slow": 200, "lateness": 100, "eta": 1000, "settle": 3.0}

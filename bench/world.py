@@ -90,6 +90,7 @@ def insert_steps(event: Event, registration_ids: Iterable[int], key: str, due_at
     """Post-event steps of `key` for these registrations, inserted directly (no claim, no
     enqueue): the durable timer finds them the way it finds any step that came due."""
     registration_ids = list(registration_ids)
+    assert event.completed_at is not None, "post-event steps count from the completion"
     dues = [due_at] * len(registration_ids) if isinstance(due_at, datetime) else list(due_at)
     steps = (
         Step(registration_id=rid, funnel="post_event", key=key, anchor_at=event.completed_at, due_at=due,

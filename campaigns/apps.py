@@ -6,4 +6,9 @@ class CampaignsConfig(AppConfig):
     verbose_name = "Campaigns"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (connects the receivers that start the funnels)
+        # The engine knows no funnel of its own: these tables are the ones it runs.
+        from drip.funnels import register
+
+        from .funnels import FUNNELS
+
+        register(*FUNNELS)

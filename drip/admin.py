@@ -3,21 +3,26 @@ and the read-only audit of steps and messages."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from .consent import has_consent, latest_record, record_consent
+from . import services
+from .consent import has_consent, latest_record, may_lift, record_consent
+from .errors import FieldError
+from .fastforward import run_steps_now
+from .inbound.admin import DeliveryReportInline, SuppressedFilter, consent_now
 from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
 from .rendering import format_when
+from .sender import requeue_failed
 from .validation import normalize_phone, validate_timezone
 
 
@@ -45,7 +50,7 @@ class ContactForm(forms.ModelForm):
         model = Contact
         fields = ["external_id", "email", "phone", "first_name", "last_name", "timezone"]
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.fields["email_consent"].initial = has_consent(self.instance, Channel.EMAIL)
@@ -54,13 +59,14 @@ class ContactForm(forms.ModelForm):
     def clean_phone(self) -> str:
         return normalize_phone(self.cleaned_data.get("phone", ""))
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
         if self.instance.pk:
             for channel in (Channel.EMAIL, Channel.SMS):
                 wanted = cleaned.get(f"{channel}_consent")
                 current = latest_record(self.instance, channel)
-                if wanted and current is not None and current.is_suppression and not cleaned.get("consent_reason", "").strip():
+                if wanted and not may_lift(current, ConsentRecord.Source.ADMIN, cleaned.get("consent_reason", "")):
+                    assert current is not None  # only a suppression refuses a grant
                     self.add_error(
                         "consent_reason",
                         f"{channel} was revoked by the recipient ({current.detail or current.source}); give a reason to lift it.",
@@ -73,6 +79,9 @@ class ContactAdmin(admin.ModelAdmin):
     form = ContactForm
     list_display = ("external_id", "email", "phone", "first_name", "last_name", "timezone")
     search_fields = ("external_id", "email", "phone", "first_name", "last_name")
+    list_filter = (SuppressedFilter,)
+    readonly_fields = ("consent_now",)
+    consent_now = staticmethod(consent_now)
     inlines = [ConsentInline]
     actions = ["enroll_in_event"]
 
@@ -108,16 +117,15 @@ class EnrollForm(forms.Form):
 
 
 def enroll_contacts(contacts: QuerySet[Contact], event: Event) -> tuple[int, int]:
+    """Through the same service as the API: a contact already registered is left as it is
+    (a cancelled registration is reactivated)."""
     created = existing = 0
     for contact in contacts:
-        try:
-            with transaction.atomic():
-                Registration.objects.create(
-                    contact=contact, event=event, external_id=f"admin-{event.pk}-{contact.pk}"
-                )
-            created += 1
-        except IntegrityError:
+        enrolled = services.enroll(contact, event, f"admin-{event.pk}-{contact.pk}")
+        if enrolled.state == "matched":
             existing += 1
+        else:
+            created += 1
     return created, existing
 
 
@@ -128,9 +136,11 @@ class CompleteEventForm(forms.Form):
     )
     completed_at = forms.DateTimeField(required=False, help_text="When the event ended, in UTC; empty means now.")
 
-    def __init__(self, event: Event, *args: object, **kwargs: object) -> None:
+    def __init__(self, event: Event, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["attended"].queryset = event.registrations.filter(status=Registration.Status.ACTIVE).select_related("contact")
+        attended = self.fields["attended"]
+        assert isinstance(attended, forms.ModelMultipleChoiceField)
+        attended.queryset = event.registrations.filter(status=Registration.Status.ACTIVE).select_related("contact")
 
     def clean_completed_at(self) -> datetime | None:
         value = self.cleaned_data.get("completed_at")
@@ -175,6 +185,20 @@ class EventAdmin(admin.ModelAdmin):
             form.base_fields["starts_at"].help_text = "In the event's time zone (its time zone field)."
         return form
 
+    def save_model(self, request: HttpRequest, obj: Event, form: forms.ModelForm, change: bool) -> None:
+        """A new start goes through the reschedule service, which re-plans the reminders."""
+        new_start = obj.starts_at
+        if change and "starts_at" in form.changed_data:
+            obj.starts_at = Event.objects.values_list("starts_at", flat=True).get(pk=obj.pk)
+        super().save_model(request, obj, form, change)
+        if obj.starts_at != new_start:
+            try:
+                moved = services.reschedule(obj, new_start)
+            except FieldError as exc:
+                self.message_user(request, f"The start was not changed: {exc}", messages.ERROR)
+                return
+            self.message_user(request, f"{moved} reminder(s) planned for the new start.", messages.INFO)
+
     @admin.display(description="start in the event's time zone")
     def local_start(self, event: Event) -> str:
         try:
@@ -185,8 +209,6 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Complete event and start the post-event funnel…")
     def complete_event(self, request: HttpRequest, queryset: QuerySet[Event]) -> HttpResponse | None:
-        from campaigns.completion import CompletionError, complete_event
-
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one event to complete.", messages.ERROR)
             return None
@@ -195,8 +217,8 @@ class EventAdmin(admin.ModelAdmin):
         if "apply" in request.POST and form.is_valid():
             attended = {r.pk for r in form.cleaned_data["attended"]}
             try:
-                summary = complete_event(event, attended, form.cleaned_data["completed_at"])
-            except CompletionError as exc:
+                summary = services.complete_event(event, attended, form.cleaned_data["completed_at"])
+            except FieldError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
                 return None
             if summary.already_completed:
@@ -216,11 +238,10 @@ class EventAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel selected events (stops their pending steps)")
     def cancel_events(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
         count = 0
-        for event in queryset.exclude(status=Event.Status.CANCELLED):
-            event.status = Event.Status.CANCELLED
-            event.save()  # the signal cancels the pending steps
+        for event in queryset.exclude(status__in=[Event.Status.CANCELLED, Event.Status.COMPLETED]):
+            services.cancel_event(event)
             count += 1
-        self.message_user(request, f"Cancelled {count} event(s).")
+        self.message_user(request, f"Cancelled {count} event(s); completed events are left as they are.")
 
 
 class StepInline(admin.TabularInline):
@@ -242,31 +263,36 @@ class RegistrationAdmin(admin.ModelAdmin):
     search_fields = ("external_id", "contact__email", "event__title")
     autocomplete_fields = ("contact",)
     inlines = [StepInline]
-    actions = ["cancel_registrations"]
+    actions = ["cancel_registrations", "reactivate_registrations"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Registration | None = None) -> tuple[str, ...]:
+        # Who and which event are the registration itself; its status changes through the
+        # actions, which call the same services as the API.
+        return ("contact", "event", "status", "cancelled_at") if obj is not None else ("status", "cancelled_at")
+
+    def save_model(self, request: HttpRequest, obj: Registration, form: forms.ModelForm, change: bool) -> None:
+        if not change:
+            enrolled = services.enroll(obj.contact, obj.event, obj.external_id)
+            obj.pk = enrolled.registration.pk
+            return
+        attended = obj.attended
+        obj.attended = Registration.objects.values_list("attended", flat=True).get(pk=obj.pk)
+        super().save_model(request, obj, form, change)
+        if attended != obj.attended:
+            services.set_attendance(obj, attended)
 
     @admin.action(description="Cancel selected registrations (stops their pending steps)")
     def cancel_registrations(self, request: HttpRequest, queryset: QuerySet[Registration]) -> None:
         count = 0
         for registration in queryset.filter(status=Registration.Status.ACTIVE):
-            registration.status = Registration.Status.CANCELLED
-            registration.cancelled_at = timezone.now()
-            registration.save()  # the signal cancels the pending steps
+            services.cancel_registration(registration)
             count += 1
         self.message_user(request, f"Cancelled {count} registration(s).")
 
-
-def requeue_failed(messages_qs: QuerySet[Message]) -> int:
-    """An operator's decision, e.g. after checking that an "outcome unknown" send did not
-    arrive: failed → queued, with a fresh attempt budget."""
-    from .tasks import enqueue_sends
-
-    ids = list(messages_qs.filter(status=Message.Status.FAILED).values_list("pk", flat=True))
-    with transaction.atomic():
-        Message.objects.filter(pk__in=ids, status=Message.Status.FAILED).update(
-            status=Message.Status.QUEUED, attempts=0, sending_at=None, next_attempt_at=timezone.now(), updated_at=timezone.now()
-        )
-        transaction.on_commit(lambda: enqueue_sends(ids))
-    return len(ids)
+    @admin.action(description="Reactivate selected cancelled registrations (plans the reminders still ahead)")
+    def reactivate_registrations(self, request: HttpRequest, queryset: QuerySet[Registration]) -> None:
+        planned = [services.enroll(r.contact, r.event).steps_planned for r in queryset.filter(status=Registration.Status.CANCELLED)]
+        self.message_user(request, f"Reactivated {len(planned)} registration(s); {sum(planned)} step(s) planned.")
 
 
 @admin.register(Step)
@@ -279,8 +305,6 @@ class StepAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run selected pending steps now")
     def run_now(self, request: HttpRequest, queryset: QuerySet[Step]) -> None:
-        from .fastforward import run_steps_now
-
         count = run_steps_now(queryset)
         self.message_user(request, f"{count} step(s) enqueued to run now; they still re-check consent, event and expiry.")
 
@@ -294,6 +318,7 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ("status", "channel", "template_type")
     search_fields = ("contact__email", "contact__phone", "provider_message_id")
     readonly_fields = [f.name for f in Message._meta.fields]
+    inlines = [DeliveryReportInline]
     actions = ["send_again"]
 
     @admin.action(description="Send failed messages again")

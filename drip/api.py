@@ -1,5 +1,6 @@
-"""`POST /api/events`: the HTTP door for producers. Authentication, size and method are
-decided here; everything about the events themselves is drip.events."""
+"""The HTTP door for producers: `POST /api/events` and `GET /api/events/schema`.
+Authentication, size and method are decided here; parsing and applying what producers send
+is drip.intake."""
 from __future__ import annotations
 
 import hmac
@@ -10,8 +11,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
 
-from .events import EventError, handle_body
+from .errors import FieldError
+from .intake.apply import handle_body
+from .intake.parse import json_schema
 
 log = logging.getLogger("drip.api")
 MAX_BODY_BYTES = 1024 * 1024
@@ -60,7 +64,7 @@ def events(request: HttpRequest) -> JsonResponse:
         return too_big
     try:
         result = handle_body(body)
-    except EventError as exc:
+    except FieldError as exc:
         log.info("event API refused a request: %s (field %s)", exc, exc.field)
         return JsonResponse(exc.as_dict(), status=400)
     except OperationalError:
@@ -71,3 +75,10 @@ def events(request: HttpRequest) -> JsonResponse:
         return response
     log.info("event API accepted %d event(s): %s", result["accepted"], ", ".join(r["name"] for r in result["results"]))
     return JsonResponse(result, status=202)
+
+
+@require_GET
+def events_schema(request: HttpRequest) -> JsonResponse:
+    """The JSON Schema of every accepted body, generated from the models that validate it,
+    so producers can check a payload before sending it. Public: it holds no data."""
+    return JsonResponse(json_schema(), json_dumps_params={"indent": 2})

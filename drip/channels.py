@@ -13,12 +13,15 @@ from typing import Any, TypeVar
 
 import requests
 from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, AnymailRequestsAPIError
+from anymail.message import AnymailMessage
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import get_connection
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from .inbound.email_reports import METADATA_KEY
+from .inbound.tokens import unsubscribe_url
 from .models import Channel, Message
 from .rendering import Rendered
 
@@ -122,7 +125,7 @@ def _open_email_connection() -> Any:
     connection.open()
     session = getattr(connection, "session", None)  # anymail's requests-based backends
     if isinstance(session, requests.Session):
-        _read_environment_once(session, connection.api_url)
+        _read_environment_once(session, getattr(connection, "api_url", ""))
     return connection
 
 
@@ -131,13 +134,16 @@ class EmailTransport(Transport):
 
     def send(self, message: Message, rendered: Rendered) -> str:
         key = (settings.EMAIL_BACKEND, repr(sorted(settings.ANYMAIL.items())))
-        email = EmailMultiAlternatives(
+        email = AnymailMessage(
             subject=rendered.subject, body=rendered.text, to=[message.to],
             from_email=settings.DEFAULT_FROM_EMAIL, connection=_client("email", key, _open_email_connection),
+            # Comes back in every delivery report, so the report finds its Message even
+            # before (or without) the provider's message id.
+            metadata={METADATA_KEY: str(message.pk)},
         )
         if rendered.html:
             email.attach_alternative(rendered.html, "text/html")
-        email.extra_headers["X-Drip-Message-Id"] = str(message.pk)
+        email.extra_headers.update(_email_headers(message))
         try:
             email.send()
         except Exception as exc:  # classified below, never swallowed
@@ -152,6 +158,16 @@ class EmailTransport(Transport):
                 revoke_consent="rejected" in status.status,
             )
         return str(status.message_id or f"unknown-{uuid.uuid4().hex}")
+
+
+def _email_headers(message: Message) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe (both headers must be covered by the DKIM signature:
+    the operator's ESP set-up) and our own id."""
+    return {
+        "X-Drip-Message-Id": str(message.pk),
+        "List-Unsubscribe": f"<{unsubscribe_url(message.contact_id)}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
 
 
 class ConsoleSmsTransport(Transport):
@@ -186,7 +202,11 @@ class TwilioSmsTransport(Transport):
         try:
             sent = self.client.messages.create(
                 to=message.to, body=rendered.text,
-                status_callback=f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status/", **sender,
+                # The Message id rides in the callback, so a report that beats the sender's
+                # own record of the sid still finds its Message.
+                status_callback=f"{settings.PUBLIC_BASE_URL}/webhooks/twilio/status/?m={message.pk}",
+                # A reminder Twilio could not hand on in time is dropped, never sent hours late.
+                validity_period=settings.DRIP_SMS_VALIDITY_SECONDS, **sender,
             )
         except Exception as exc:  # classified below, never swallowed
             _forget("twilio")

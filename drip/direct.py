@@ -1,37 +1,46 @@
 """Direct sends (the seed's `message.send`): one Message outside any funnel, handed to the
-same sender (send_messages) as every funnel step."""
+same sender as every funnel step."""
 from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .errors import FieldError
 from .models import Channel, Contact, Message, Registration
+from .publish import enqueue_sends
+
+# The files each channel needs in templates/messages/<template type>/.
+NEEDED = {Channel.SMS: ("sms.txt",), Channel.EMAIL: ("subject.txt", "body.txt", "body.html")}
 
 
-class DirectSendError(ValueError):
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+@lru_cache(maxsize=4)
+def _templates(root: Path) -> dict[str, frozenset[str]]:
+    """Template type → the files it has. Read once per process: templates ship with the
+    code, and a deployment restarts the workers."""
+    return {
+        folder.name: frozenset(p.name for p in folder.iterdir())
+        for folder in sorted(root.iterdir()) if folder.is_dir() and not folder.name.startswith("_")
+    }
 
 
 def template_types() -> list[str]:
-    root = settings.MESSAGE_TEMPLATES_DIR
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    return list(_templates(settings.MESSAGE_TEMPLATES_DIR))
 
 
 def check_template(template_type: str, channel: str) -> None:
+    """Raise FieldError (channel, templateType) unless this template can be sent on this channel."""
     if channel not in Channel.values:
-        raise DirectSendError(f"channel must be one of {', '.join(Channel.values)}, not {channel!r}", "channel")
-    folder = settings.MESSAGE_TEMPLATES_DIR / template_type
-    if template_type not in template_types():
-        raise DirectSendError(
-            f"unknown template type {template_type!r}; known: {', '.join(template_types())}", "templateType"
-        )
-    needed = ["sms.txt"] if channel == Channel.SMS else ["subject.txt", "body.txt", "body.html"]
-    missing = [name for name in needed if not (folder / name).exists()]
+        raise FieldError(f"channel must be one of {', '.join(Channel.values)}, not {channel!r}", "channel")
+    templates = _templates(settings.MESSAGE_TEMPLATES_DIR)
+    if template_type not in templates:
+        raise FieldError(f"unknown template type {template_type!r}; known: {', '.join(templates)}", "templateType")
+    missing = [name for name in NEEDED[Channel(channel)] if name not in templates[template_type]]
     if missing:
-        raise DirectSendError(f"template type {template_type!r} has no {channel} template ({', '.join(missing)})", "templateType")
+        raise FieldError(f"template type {template_type!r} has no {channel} template ({', '.join(missing)})", "templateType")
 
 
 def send_direct(
@@ -43,18 +52,17 @@ def send_direct(
     idempotency_key: str | None = None,
 ) -> tuple[Message, bool]:
     """Create the Message and enqueue it after commit. Returns (message, created); with an
-    idempotency key, a repeat returns the first message and sends nothing new."""
-    from .tasks import enqueue_sends
-
+    idempotency key, a repeat returns the first message and sends nothing new. The one check
+    of the template (the intake does not repeat it)."""
     check_template(template_type, channel)
     if registration is not None and registration.contact_id != contact.pk:
-        raise DirectSendError("registration belongs to another contact", "registrationId")
+        raise FieldError("registration belongs to another contact", "registrationId")
     if idempotency_key:
         existing = Message.objects.filter(idempotency_key=idempotency_key).first()
         if existing and (existing.contact_id, existing.channel, existing.template_type) != (contact.pk, channel, template_type):
             # A key reused for a different message is a caller's bug: say so rather than
             # answer with a message that is not the one they asked for.
-            raise DirectSendError(
+            raise FieldError(
                 f"idempotencyKey {idempotency_key!r} was already used for another message (id {existing.pk})",
                 "idempotencyKey",
             )

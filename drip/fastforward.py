@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from .models import Step
+from .publish import batches
 from .scheduler import CLAIM_BATCH, claim_due_steps
 
 log = logging.getLogger("drip.fastforward")
@@ -24,15 +25,9 @@ def run_steps_now(steps: QuerySet[Step], now: datetime | None = None) -> int:
     ids = list(steps.order_by().filter(status__in=Step.OPEN).values_list("id", flat=True))
     enqueued = 0
     with transaction.atomic():
-        for start in range(0, len(ids), CLAIM_BATCH):
-            chunk = ids[start : start + CLAIM_BATCH]
-            # An enqueued step's task waits in the broker for its old ETA. Back to pending, so
-            # the claim below enqueues a fresh task due now; the old one, when it fires, finds
-            # the step no longer enqueued (or already done) and does nothing.
-            Step.objects.filter(id__in=chunk, status__in=Step.OPEN).update(
-                status=Step.Status.PENDING, due_at=now, enqueued_at=None, dispatch_token=""
-            )
-            enqueued += len(claim_due_steps(now, ids=chunk))
+        for batch in batches(ids, CLAIM_BATCH):
+            Step.objects.filter(id__in=batch).due_now(now)
+            enqueued += len(claim_due_steps(now, ids=batch))
     if ids:
         log.info("run now: %d of %d selected steps enqueued, due %s [steps=%s]", enqueued, len(ids), now.isoformat(),
                  ",".join(map(str, ids[:50])))

@@ -8,7 +8,7 @@ from typing import Any
 
 class IdsAdapter(logging.LoggerAdapter):
     def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
-        ids = " ".join(f"{k}={v}" for k, v in self.extra.items() if v is not None)
+        ids = " ".join(f"{k}={v}" for k, v in (self.extra or {}).items() if v is not None)
         return f"{msg} [{ids}]", kwargs
 
 

@@ -3,8 +3,10 @@ audit tables that double as the engine's state: Step (the durable timer) and Mes
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 from django.db import models
+from django.db.models import F
 from django.utils import timezone
 
 from .validation import normalize_phone, validate_phone, validate_timezone
@@ -18,6 +20,13 @@ def new_external_id() -> str:
 class Channel(models.TextChoices):
     EMAIL = "email", "Email"
     SMS = "sms", "SMS"
+
+
+class Purpose(models.TextChoices):
+    # About an event the contact registered for: sent whenever it is due.
+    TRANSACTIONAL = "transactional", "Transactional"
+    # Promotion: quiet hours and frequency caps apply.
+    MARKETING = "marketing", "Marketing"
 
 
 class Contact(models.Model):
@@ -127,6 +136,59 @@ class Registration(models.Model):
         return f"{self.contact} → {self.event.title}"
 
 
+# A timer fires a few milliseconds early at worst; a task arriving earlier than this is a
+# stray delivery (a duplicate of an earlier task, or hosts whose clocks disagree).
+EARLY_TOLERANCE = timedelta(seconds=1)
+
+
+class StepQuerySet(models.QuerySet["Step"]):
+    """Every change of a step's status has a name here; each is one conditional UPDATE, so
+    of two processes racing for a row exactly one wins, and the count says which."""
+
+    def open(self) -> StepQuerySet:
+        return self.filter(status__in=Step.OPEN)
+
+    def claimed_by(self, token: str) -> StepQuerySet:
+        return self.filter(claim_token=token)
+
+    def claim_for_enqueue(self, token: str, now: datetime) -> int:
+        """pending → enqueued: the dispatcher takes these to hand them to Celery."""
+        return self.filter(status=Step.Status.PENDING).update(status=Step.Status.ENQUEUED, enqueued_at=now, claim_token=token)
+
+    def rearm(self, token: str, now: datetime) -> int:
+        """→ enqueued again, for work whose task was lost (the caller's filter says which)."""
+        return self.update(status=Step.Status.ENQUEUED, enqueued_at=now, claim_token=token)
+
+    def start_run(self, token: str, now: datetime) -> int:
+        """enqueued → running, for a step task; not before the step is due."""
+        return self.filter(status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE).update(
+            status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1, claim_token=token
+        )
+
+    def finish_run(self, token: str, now: datetime) -> int:
+        """running → done, only while this run still holds the step."""
+        return self.filter(status=Step.Status.RUNNING, claim_token=token).update(status=Step.Status.DONE, finished_at=now)
+
+    def cancel_open(self, reason: str, now: datetime) -> int:
+        return self.open().update(status=Step.Status.CANCELLED, reason=reason, finished_at=now)
+
+    def cancel_unfinished(self, reason: str, now: datetime) -> int:
+        """Open or running → cancelled (a re-plan: a run in progress finishes only steps it
+        still holds as running, so it leaves these alone)."""
+        return self.filter(status__in=[*Step.OPEN, Step.Status.RUNNING]).update(
+            status=Step.Status.CANCELLED, finished_at=now, reason=reason
+        )
+
+    def fail(self, reason: str, now: datetime) -> int:
+        return self.update(status=Step.Status.FAILED, finished_at=now, reason=reason)
+
+    def due_now(self, now: datetime) -> int:
+        """Open → pending and due now (run now, fast-forward). An enqueued step's task
+        still waits in the broker for its old ETA; when it fires it finds the step no longer
+        enqueued (or already done) and does nothing."""
+        return self.open().update(status=Step.Status.PENDING, due_at=now, enqueued_at=None, claim_token="")
+
+
 class Step(models.Model):
     """One planned funnel step of one registration. The row is the timer (due_at), the
     claim token (status, changed only by conditional updates) and the audit trail (reason)."""
@@ -159,10 +221,12 @@ class Step(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     # Set with every claim (the dispatcher's or reconciler's enqueue, the step task's run),
     # so a claim can read back exactly the rows it won, on any database.
-    dispatch_token = models.CharField(max_length=32, blank=True)
+    claim_token = models.CharField(max_length=32, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = StepQuerySet.as_manager()
 
     class Meta:
         ordering = ["due_at", "id"]
@@ -175,7 +239,10 @@ class Step(models.Model):
         return f"{self.funnel}/{self.key} v{self.plan_version} for registration {self.registration_id}"
 
 
-class MessageQuerySet(models.QuerySet):
+class MessageQuerySet(models.QuerySet["Message"]):
+    """Every change of a message's status has a name here (the sender's two guarded writes
+    per attempt are its own, in sender.py); each is one conditional UPDATE."""
+
     def unsent(self) -> MessageQuerySet:
         """Not yet at a provider: queued, or claimed by a sender that has not yet recorded
         its provider call."""
@@ -188,6 +255,58 @@ class MessageQuerySet(models.QuerySet):
         of a batch finds the row no longer its own and sends nothing; a call already
         recorded goes on (it may be at the provider already)."""
         return self.unsent().update(status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now())
+
+    def claim(self, token: str, now: datetime) -> int:
+        """queued → sending, for a send task; not before the next attempt is due (a
+        duplicate of an earlier attempt's task must not jump a retry's backoff)."""
+        return self.filter(status=Message.Status.QUEUED, next_attempt_at__lte=now + EARLY_TOLERANCE).update(
+            status=Message.Status.SENDING, sending_at=None, attempts=F("attempts") + 1, updated_at=now, claim_token=token
+        )
+
+    def stuck_before_call(self, stale: datetime) -> MessageQuerySet:
+        """Claimed long ago and no provider call recorded: its task died before sending."""
+        return self.filter(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale)
+
+    def hand_back(self, token: str, now: datetime) -> int:
+        """Claimed by `token`, never tried: queued again, due now; the claim is not an attempt."""
+        return self.filter(status=Message.Status.SENDING, claim_token=token, sending_at__isnull=True).update(
+            status=Message.Status.QUEUED, attempts=F("attempts") - 1, next_attempt_at=now, updated_at=now
+        )
+
+    def recover_lost_claims(self, stale: datetime, now: datetime) -> int:
+        """Stuck before the provider call → queued: not an attempt, but a lost claim."""
+        return self.stuck_before_call(stale).update(
+            status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now,
+            attempts=F("attempts") - 1, lost_claims=F("lost_claims") + 1,
+        )
+
+    def overdue_now(self, now: datetime) -> int:
+        """Queued and past due: due now, with a fresh next_attempt_at so the reconciler's
+        next run leaves them be."""
+        return self.filter(status=Message.Status.QUEUED, next_attempt_at__lt=now).update(next_attempt_at=now, updated_at=now)
+
+    def fail(self, error: str, now: datetime) -> int:
+        return self.update(status=Message.Status.FAILED, error=error, updated_at=now)
+
+    def interrupted_in_call(self, cutoff: datetime) -> MessageQuerySet:
+        """The provider call began before `cutoff` and never recorded an outcome."""
+        return self.filter(status=Message.Status.SENDING, sending_at__lt=cutoff)
+
+    def wake_held(self, token: str, until: datetime) -> int:
+        """Held past the enqueue horizon (quiet hours) and now coming within it: marked with
+        `token` so the dispatcher publishes exactly these, once."""
+        return self.filter(status=Message.Status.QUEUED, claim_token=HELD, next_attempt_at__lte=until).update(claim_token=token)
+
+    def requeue_failed(self, now: datetime) -> int:
+        """failed → queued with a fresh budget (attempts and lost claims): an operator's call."""
+        return self.filter(status=Message.Status.FAILED).update(
+            status=Message.Status.QUEUED, attempts=0, lost_claims=0, sending_at=None, next_attempt_at=now, updated_at=now
+        )
+
+
+# The claim token of a queued message that waits in the database, not in the broker, for a
+# time beyond the enqueue horizon (the end of quiet hours): the dispatcher wakes it.
+HELD = "held"
 
 
 class Message(models.Model):
@@ -208,6 +327,8 @@ class Message(models.Model):
     template_type = models.CharField(max_length=60)
     # The caller's label for a direct send (the seed's stepType); funnel messages have a step.
     step_type = models.CharField(max_length=60, blank=True)
+    # From the funnel step (direct sends are transactional): marketing ones are paced.
+    purpose = models.CharField(max_length=16, choices=Purpose.choices, default=Purpose.TRANSACTIONAL)
     # For direct sends: the caller's key, so repeating a request sends once.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
@@ -239,6 +360,10 @@ class Message(models.Model):
     lost_claims = models.PositiveSmallIntegerField(default=0)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # The first open / click an ESP reported (drip/inbound/reports.py); later ones are rows
+    # in DeliveryReport only.
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
 
     objects = MessageQuerySet.as_manager()
 
@@ -249,3 +374,85 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.template_type} {self.channel} to contact {self.contact_id} ({self.status})"
+
+    def recipient_zone(self) -> str:
+        """The zone times are shown and quiet hours are kept in: the contact's, else the event's."""
+        event = self.registration.event if self.registration is not None else None
+        return self.contact.timezone or (event.timezone if event is not None else "UTC")
+
+
+class DeliveryReport(models.Model):
+    """One report a provider sent about a Message (anymail tracking, Twilio status). The
+    audit of what we heard, whether or not it changed the Message (`applied`)."""
+
+    class Kind(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        OPENED = "opened", "Opened"
+        CLICKED = "clicked", "Clicked"
+        BOUNCED = "bounced", "Bounced (hard)"
+        SOFT_BOUNCED = "soft_bounced", "Soft bounce"
+        DEFERRED = "deferred", "Deferred"
+        COMPLAINED = "complained", "Spam complaint"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed at the ESP"
+        SUBSCRIBED = "subscribed", "Re-subscribed at the ESP"
+        REJECTED = "rejected", "Rejected"
+        FAILED = "failed", "Failed"
+        UNDELIVERED = "undelivered", "Undelivered"
+        OTHER = "other", "Other"
+
+    # Indexed by the (message, occurred_at) index, which starts with it.
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports", db_index=False)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    occurred_at = models.DateTimeField(help_text="When the provider says it happened (else when we heard of it).")
+    received_at = models.DateTimeField(default=timezone.now)
+    provider = models.CharField(max_length=40)
+    provider_event_id = models.CharField(max_length=200, blank=True)
+    # The provider event id when there is one, else kind + message + time: a repeated report
+    # (providers retry webhooks) collides here and changes nothing.
+    dedupe_key = models.CharField(max_length=300, unique=True)
+    detail = models.TextField(blank=True)
+    # Whether this report changed the Message (a late "sent" after "delivered" does not).
+    applied = models.BooleanField(default=False)
+    payload = models.TextField(blank=True, help_text="The provider's payload, trimmed.")
+
+    class Meta:
+        ordering = ["occurred_at", "id"]
+        indexes = [models.Index(fields=["message", "occurred_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for message {self.message_id} at {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+
+class InboundSms(models.Model):
+    """Every SMS a recipient sent us: keywords are acted on at once; anything else waits in
+    the admin inbox for an operator ("please stop texting me" is an opt-out too)."""
+
+    class Kind(models.TextChoices):
+        OPT_OUT = "opt_out", "Opt-out keyword"
+        OPT_IN = "opt_in", "Opt-in keyword"
+        HELP = "help", "Help keyword"
+        OTHER = "other", "Other message"
+
+    from_number = models.CharField(max_length=32)
+    to_number = models.CharField(max_length=32, blank=True)
+    body = models.TextField(blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    # Twilio retries a webhook it got no answer for: the same sid is stored once.
+    provider_sid = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.OTHER)
+    handled = models.BooleanField(default=False)
+    opted_out = models.BooleanField(default=False)
+    handled_by = models.CharField(max_length=150, blank=True)
+    handled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        verbose_name = "inbound SMS"
+        verbose_name_plural = "inbound SMS"
+        indexes = [models.Index(fields=["handled", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.from_number}: {self.body[:40]}"

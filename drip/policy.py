@@ -4,42 +4,35 @@ before it creates messages and by the sender right before the provider call."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+
+from django.conf import settings
 
 from .consent import ConsentView, has_consent, no_consent_reason
-from .models import Contact, Event, Message, Registration, Step
-
-
-class Block(NamedTuple):
-    status: str  # the status the blocked row ends in
-    reason: str
-
-
-CANCELLED_REASONS = ("registration cancelled", "event cancelled")
+from .funnels import Block, funnel, funnel_step
+from .models import Channel, Contact, Event, Message, Purpose, Registration, Step
 
 
 def step_expiry(step: Step) -> datetime | None:
     """Pre-event steps expire at the event's start as it is *now*, not as it was when they
     were planned: an event moved earlier must not get a late "starts in 1 hour"."""
-    from campaigns.funnels import FUNNELS
-
-    funnel = FUNNELS.get(step.funnel)
-    if funnel is not None and funnel.expires_at_anchor:
-        return funnel.anchor(step.registration.event)
+    try:
+        definition = funnel(step.funnel)
+    except KeyError:
+        return step.expires_at
+    if definition.expires_at_anchor:
+        return definition.anchor_of(step.registration.event)
     return step.expires_at
 
 
 def step_block(step: Step, now: datetime) -> Block | None:
-    from campaigns.funnels import funnel_step
-
     try:
-        funnel, _ = funnel_step(step)
+        found, _ = funnel_step(step)
     except KeyError:
         return Block(Step.Status.SKIPPED, f"funnel step {step.funnel}/{step.key} is no longer defined")
     registration: Registration = step.registration
-    reason = funnel.blocking_reason(step, registration, registration.event)
-    if reason:
-        return Block(Step.Status.CANCELLED if reason in CANCELLED_REASONS else Step.Status.SKIPPED, reason)
+    block = found.block(step, registration, registration.event)
+    if block:
+        return block
     expires = step_expiry(step)
     if expires is not None and now >= expires:
         return Block(Step.Status.SKIPPED, f"expired at {expires.isoformat()} (event start)")
@@ -47,7 +40,7 @@ def step_block(step: Step, now: datetime) -> Block | None:
 
 
 def message_expiry(message: Message) -> datetime | None:
-    return step_expiry(message.step) if message.step_id is not None else message.expires_at
+    return step_expiry(message.step) if message.step is not None else message.expires_at
 
 
 def channel_block_reason(contact: Contact, channel: str, consent: ConsentView | None = None) -> str:
@@ -61,13 +54,13 @@ def channel_block_reason(contact: Contact, channel: str, consent: ConsentView | 
 
 
 def message_block(message: Message, now: datetime, consent: ConsentView | None = None) -> Block | None:
-    if message.step_id is not None:
+    registration = message.registration
+    if message.step is not None:
         block = step_block(message.step, now)
         if block:
             return Block(Message.Status.SKIPPED, block.reason)
-    elif message.registration_id is not None:
+    elif registration is not None:
         # A direct send about a registration follows the registration's fate too.
-        registration = message.registration
         if registration.status != Registration.Status.ACTIVE:
             return Block(Message.Status.SKIPPED, "registration cancelled")
         if registration.event.status == Event.Status.CANCELLED:
@@ -79,3 +72,41 @@ def message_block(message: Message, now: datetime, consent: ConsentView | None =
     if reason:
         return Block(Message.Status.SKIPPED, reason)
     return None
+
+
+def quiet_hours_end(message: Message, now: datetime) -> datetime | None:
+    """When a marketing SMS that falls inside quiet hours (the recipient's local time) may
+    go, or None when it may go now. Transactional messages and email are never held."""
+    window = settings.DRIP_SMS_QUIET_HOURS
+    if window is None or message.channel != Channel.SMS or message.purpose != Purpose.MARKETING:
+        return None
+    return window.ends_after(now, message.recipient_zone())
+
+
+# A marketing message counts against the cap once its provider call is recorded.
+REACHED = (Message.Status.SENDING, Message.Status.SENT, Message.Status.DELIVERED, Message.Status.BOUNCED)
+
+
+def frequency_capped(message: Message) -> bool:
+    return settings.DRIP_FREQUENCY_CAP is not None and message.purpose == Purpose.MARKETING
+
+
+def frequency_cap_reason(message: Message, now: datetime) -> str:
+    """Why this marketing message would exceed DRIP_FREQUENCY_CAP, or "". The caller holds
+    the contact's row lock, so two workers cannot both take the last place."""
+    cap = settings.DRIP_FREQUENCY_CAP
+    if cap is None or message.purpose != Purpose.MARKETING:
+        return ""
+    since: datetime = now - cap.window
+    recent = (
+        Message.objects.filter(
+            contact_id=message.contact_id, channel=message.channel, purpose=Purpose.MARKETING,
+            status__in=REACHED, sending_at__gte=since,
+        )
+        .exclude(pk=message.pk)
+        .count()
+    )
+    if recent < cap.limit:
+        return ""
+    return f"frequency cap: {cap.describe()} marketing {message.channel} messages already sent to this contact"
+

@@ -6,13 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
 from django.conf import settings
 from jinja2.sandbox import SandboxedEnvironment
 
+from .inbound.tokens import unsubscribe_url
 from .models import Channel, Message
+
+OPT_OUT_NOTICE = "Reply STOP to opt out."
 
 
 class RenderError(Exception):
@@ -51,30 +55,32 @@ def environment() -> SandboxedEnvironment:
     return env
 
 
-def message_context(message: Message) -> dict:
+def message_context(message: Message) -> dict[str, Any]:
     """Plain data only: the sandbox never sees a model instance (or its .delete())."""
     contact = message.contact
     registration = message.registration
     event = registration.event if registration else None
     tz = contact.timezone or (event.timezone if event else "UTC")
-    context = {
+    links: dict[str, str] = {"base": settings.PUBLIC_BASE_URL, "unsubscribe": unsubscribe_url(contact.pk)}
+    context: dict[str, Any] = {
         "tz": tz,
         "contact": {
             "first_name": contact.first_name, "last_name": contact.last_name,
             "name": f"{contact.first_name} {contact.last_name}".strip() or contact.email,
             "email": contact.email, "phone": contact.phone,
         },
-        "links": {"base": settings.PUBLIC_BASE_URL},
+        "links": links,
+        "sender": {"address": settings.DRIP_SENDER_ADDRESS, "email": settings.DEFAULT_FROM_EMAIL},
         "event": None,
         "registration": None,
     }
-    if event is not None:
+    if event is not None and registration is not None:
         context["event"] = {
             "title": event.title, "starts_at": event.starts_at, "timezone": event.timezone,
             "join_url": event.join_url, "completed_at": event.completed_at,
         }
         context["registration"] = {"id": registration.external_id, "attended": registration.attended}
-        context["links"]["join"] = event.join_url
+        links["join"] = event.join_url
     return context
 
 
@@ -84,9 +90,11 @@ def render_message(message: Message) -> Rendered:
     folder = message.template_type
     try:
         if message.channel == Channel.SMS:
-            return Rendered("", _render(env, f"{folder}/sms.txt", context).strip(), "")
+            return Rendered("", with_opt_out_notice(message, _render(env, f"{folder}/sms.txt", context).strip()), "")
         subject = " ".join(_render(env, f"{folder}/subject.txt", context).split())
-        return Rendered(subject, _render(env, f"{folder}/body.txt", context), _render(env, f"{folder}/body.html", context))
+        text = _render(env, f"{folder}/body.txt", context).rstrip() + "\n\n" + _render(env, "_footer.txt", context)
+        html = with_html_footer(_render(env, f"{folder}/body.html", context), env, context)
+        return Rendered(subject, text, html)
     except jinja2.TemplateNotFound as exc:
         raise RenderError(f"template missing: templates/messages/{exc.name}") from None
     except jinja2.UndefinedError as exc:
@@ -97,3 +105,25 @@ def render_message(message: Message) -> Rendered:
 
 def _render(env: SandboxedEnvironment, name: str, context: dict) -> str:
     return env.get_template(name).render(context)
+
+
+def with_html_footer(html: str, env: SandboxedEnvironment, context: dict) -> str:
+    """_base.html carries the footer; a template that does not extend it still gets one,
+    since no email may go out without its unsubscribe link (CAN-SPAM, RFC 8058)."""
+    if context["links"]["unsubscribe"] in html:
+        return html
+    footer = _render(env, "_footer.html", context)
+    head, body_end, tail = html.rpartition("</body>")
+    return f"{head}{footer}{body_end}{tail}" if body_end else html + footer
+
+
+def with_opt_out_notice(message: Message, text: str) -> str:
+    """The first SMS Drip sends to a number says how to opt out (CTIA); later ones need not
+    spend a segment on it. "First": no earlier SMS to the number reached the provider."""
+    if OPT_OUT_NOTICE.lower() in text.lower():
+        return text
+    number = message.contact.phone or message.to
+    earlier = Message.objects.filter(
+        channel=Channel.SMS, to=number, status__in=(Message.Status.SENT, Message.Status.DELIVERED)
+    ).exclude(pk=message.pk)
+    return text if earlier.exists() else f"{text} {OPT_OUT_NOTICE}"

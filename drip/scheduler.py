@@ -16,14 +16,16 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from .models import Message, Step
+from .models import HELD, Message, Step, StepQuerySet
+from .publish import batches, enqueue_sends, enqueue_steps
 
 log = logging.getLogger("drip.scheduler")
 CLAIM_BATCH = 1000
@@ -40,9 +42,13 @@ def schedule_steps(steps: list[Step]) -> list[Step]:
     created = Step.objects.bulk_create(steps, batch_size=CLAIM_BATCH)
     now = timezone.now()
     soon = [s.pk for s in created if s.status == Step.Status.PENDING and s.due_at <= horizon(now)]
-    for start in range(0, len(soon), CLAIM_BATCH):
-        claim_due_steps(now, ids=soon[start : start + CLAIM_BATCH])
+    claim_soon(soon, now)
     return created
+
+
+def claim_soon(ids: list[int], now: datetime) -> int:
+    """Claim the given steps that are already inside the horizon, a batch at a time."""
+    return sum(len(claim_due_steps(now, ids=batch)) for batch in batches(ids, CLAIM_BATCH))
 
 
 def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = None) -> list[tuple[int, datetime]]:
@@ -51,8 +57,6 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
     SKIP LOCKED keeps concurrent dispatchers off each other's rows on PostgreSQL; the
     conditional update plus the token makes the claim exact on any database.
     """
-    from .tasks import enqueue_steps  # tasks imports this module
-
     now = now or timezone.now()
     token = uuid.uuid4().hex
     with transaction.atomic():
@@ -64,21 +68,33 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
         )
         if not candidates:
             return []
-        Step.objects.filter(id__in=candidates, status=Step.Status.PENDING).update(
-            status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token
-        )
-        claimed = list(Step.objects.filter(id__in=candidates, dispatch_token=token).values_list("id", "due_at"))
+        Step.objects.filter(id__in=candidates).claim_for_enqueue(token, now)
+        claimed = list(Step.objects.filter(id__in=candidates).claimed_by(token).values_list("id", "due_at"))
         transaction.on_commit(lambda: enqueue_steps(claimed))
     return claimed
 
 
 def dispatch_due_steps() -> int:
-    total = 0
+    total = wake_held_messages()
     while True:
         claimed = claim_due_steps()
         total += len(claimed)
         if len(claimed) < CLAIM_BATCH:
             return total
+
+
+def wake_held_messages(now: datetime | None = None) -> int:
+    """Messages held in the database past the horizon (quiet hours) that now come within
+    it go to Celery with their time as the ETA; the token makes each wake exactly once."""
+    now = now or timezone.now()
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        if not Message.objects.wake_held(token, horizon(now)):
+            return 0
+        woken = list(Message.objects.filter(claim_token=token, status=Message.Status.QUEUED).values_list("id", "next_attempt_at"))
+        for message_id, at in woken:
+            transaction.on_commit(partial(enqueue_sends, [message_id], eta=at))
+    return len(woken)
 
 
 BROKER_MARK = "drip:broker-mark"
@@ -136,9 +152,8 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
     lost_running = Q(status=Step.Status.RUNNING, started_at__lt=stale)
     # A step whose task keeps dying (a bug, not a lost worker) stops here instead of
     # coming back every grace period forever.
-    Step.objects.filter(lost_running, attempts__gte=STEP_MAX_ATTEMPTS).update(
-        status=Step.Status.FAILED, finished_at=now,
-        reason=f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log",
+    Step.objects.filter(lost_running, attempts__gte=STEP_MAX_ATTEMPTS).fail(
+        f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log", now
     )
     lost_enqueued = Q(status=Step.Status.ENQUEUED)
     if not everything:
@@ -148,53 +163,45 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
     return _reenqueue(Step.objects.filter(lost_enqueued), now) + _reenqueue(Step.objects.filter(lost_running), now, alone=True)
 
 
-def _reenqueue(lost: QuerySet, now: datetime, alone: bool = False) -> int:
-    from .tasks import enqueue_steps
-
+def _reenqueue(lost: StepQuerySet, now: datetime, alone: bool = False) -> int:
     total = 0
     for rows in _in_batches(lost, ()):
         token = uuid.uuid4().hex
         ids = [row[0] for row in rows]
         with transaction.atomic():
             # Re-checked by the update itself: a step that started meanwhile is left alone.
-            lost.filter(id__in=ids).update(status=Step.Status.ENQUEUED, enqueued_at=now, dispatch_token=token)
-            claimed = list(Step.objects.filter(id__in=ids, dispatch_token=token).values_list("id", "due_at"))
-            transaction.on_commit(lambda claimed=claimed: enqueue_steps(claimed, batch_size=1 if alone else None))
+            lost.filter(id__in=ids).rearm(token, now)
+            claimed = list(Step.objects.filter(id__in=ids).claimed_by(token).values_list("id", "due_at"))
+            transaction.on_commit(partial(enqueue_steps, claimed, batch_size=1 if alone else None))
         total += len(claimed)
     return total
 
 
 def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -> int:
-    from .tasks import enqueue_sends
-
-    queued = Q(status=Message.Status.QUEUED)
+    # A held message far from its time is not lost: it waits in the database on purpose.
+    queued = Message.objects.filter(status=Message.Status.QUEUED).exclude(claim_token=HELD, next_attempt_at__gt=horizon(now))
     if not everything:
-        queued &= Q(next_attempt_at__lt=stale)
+        queued = queued.filter(next_attempt_at__lt=stale)
     # A send stuck before its provider call (sending_at unset) never left: send it again.
-    stuck = Q(status=Message.Status.SENDING, sending_at__isnull=True, updated_at__lt=stale)
+    stuck = Message.objects.stuck_before_call(stale)
     # One whose send task keeps dying before the provider call (a bug) stops here.
-    Message.objects.filter(stuck, lost_claims__gte=MAX_LOST_CLAIMS - 1).update(
-        status=Message.Status.FAILED, updated_at=now,
-        error=f"send task did not finish in {MAX_LOST_CLAIMS} attempts; see the worker log",
+    stuck.filter(lost_claims__gte=MAX_LOST_CLAIMS - 1).fail(
+        f"send task did not finish in {MAX_LOST_CLAIMS} attempts; see the worker log", now
     )
-    lost = Message.objects.filter(queued | stuck)
+    lost = queued | stuck
     total = 0
     for rows in _in_batches(lost, ("next_attempt_at",)):
         ids = [mid for mid, _ in rows]
         with transaction.atomic():
-            # A stuck claim never reached the provider: not an attempt, but a lost claim.
-            Message.objects.filter(stuck, id__in=ids).update(
-                status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now,
-                attempts=F("attempts") - 1, lost_claims=F("lost_claims") + 1,
-            )
-            # Overdue ones are due now, with a fresh next_attempt_at so the next run leaves
-            # them be; one waiting out a retry backoff keeps its time (the sender won't claim
-            # it early). Duplicate tasks are harmless: the claim decides.
-            Message.objects.filter(queued, id__in=ids, next_attempt_at__lt=now).update(next_attempt_at=now, updated_at=now)
+            Message.objects.filter(id__in=ids).recover_lost_claims(stale, now)
+            # One waiting out a retry backoff keeps its time (the sender won't claim it
+            # early). Duplicate tasks are harmless: the claim decides.
+            Message.objects.filter(id__in=ids).overdue_now(now)
             due_now = [mid for mid, at in rows if at <= now]
             waiting = [(mid, at) for mid, at in rows if at > now]
-            transaction.on_commit(lambda due_now=due_now: enqueue_sends(due_now))
-            transaction.on_commit(lambda waiting=waiting: [enqueue_sends([mid], eta=at) for mid, at in waiting])
+            transaction.on_commit(partial(enqueue_sends, due_now))
+            for mid, at in waiting:
+                transaction.on_commit(partial(enqueue_sends, [mid], eta=at))
         total += len(rows)
     return total
 
@@ -204,8 +211,6 @@ def _fail_interrupted_sends(now: datetime) -> int:
     # the message. Sending again could deliver it twice, so it is failed with the reason and
     # left for an operator (the admin can re-queue it).
     cutoff = now - timedelta(seconds=settings.DRIP_SENDING_TIMEOUT)
-    return Message.objects.filter(status=Message.Status.SENDING, sending_at__lt=cutoff).update(
-        status=Message.Status.FAILED,
-        error="worker lost during the provider call: outcome unknown, not resent to avoid a duplicate",
-        updated_at=now,
+    return Message.objects.interrupted_in_call(cutoff).fail(
+        "worker lost during the provider call: outcome unknown, not resent to avoid a duplicate", now
     )

@@ -10,25 +10,24 @@ import random
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Field, QuerySet
 from django.utils import timezone
 
 from .channels import TransportError, transport_for
-from .consent import ConsentView, record_consent
+from .consent import ConsentView, record_for_address
 from .logs import IdsAdapter, message_log
-from .models import Channel, ConsentRecord, Message
-from .policy import message_block, message_expiry
+from .models import HELD, Channel, ConsentRecord, Contact, Message
+from .policy import frequency_cap_reason, frequency_capped, message_block, message_expiry, quiet_hours_end
+from .publish import enqueue_sends
 from .ratelimit import reserve_send_slot
 from .rendering import Rendered, RenderError, render_message
 from .sms import sms_segments
 
 SMS_SEGMENTS_WARNING = 2  # past this, a message costs noticeably more: say so in the log
-
-# A duplicate of an earlier attempt's task must not jump a retry's backoff.
-EARLY_TOLERANCE = timedelta(seconds=1)
 # A reserved rate slot this far in the past was lost (its task too, and the reconciler
 # brought the message back): a fresh one keeps a recovered backlog from bursting past the
 # limit. Shorter than the reconcile grace, longer than a busy worker's delay, so a message
@@ -42,20 +41,18 @@ CONSENT_MAX_AGE = 1.0
 MESSAGE_RELATED = ("contact", "registration__event", "step")
 
 
-def send_messages(message_ids: list[int]) -> None:
+def send_batch(message_ids: list[int]) -> None:
     """Claim the batch (one conditional update), load it (one query) and read its consent
     (one query); then each message is checked, rendered, recorded and sent on its own, so
     every attempt still leaves its own trace and outcome."""
     now = timezone.now()
     token = uuid.uuid4().hex
-    claimed = Message.objects.filter(
-        id__in=message_ids, status=Message.Status.QUEUED, next_attempt_at__lte=now + EARLY_TOLERANCE
-    ).update(status=Message.Status.SENDING, sending_at=None, attempts=F("attempts") + 1, updated_at=now, claim_token=token)
+    claimed = Message.objects.filter(id__in=message_ids).claim(token, now)
     if not claimed:
         return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
     batch = list(Message.objects.select_related(*MESSAGE_RELATED).filter(id__in=message_ids, claim_token=token))
     for message in batch:
-        if message.step is not None and message.step.registration_id == message.registration_id:
+        if message.step is not None and message.registration is not None and message.step.registration_id == message.registration_id:
             message.step.registration = message.registration
     consent = ConsentView((m.contact_id for m in batch), max_age=CONSENT_MAX_AGE)
     # Messages wait their turn claimed but not yet sent; past the budget (a slow provider)
@@ -80,16 +77,14 @@ def send_messages(message_ids: list[int]) -> None:
             raise
 
 
-def send_message(message_id: int) -> None:
-    send_messages([message_id])
-
-
 def _send_one(message: Message, consent: ConsentView) -> None:
     log = message_log(message)
     block = message_block(message, timezone.now(), consent)
     if block:
         _finish(message, block.status, error=block.reason)
         log.info("%s %s skipped: %s", message.template_type, message.channel, block.reason)
+        return
+    if _held_for_quiet_hours(message, log):
         return
     try:
         rendered = render_message(message)
@@ -109,10 +104,12 @@ def _send_one(message: Message, consent: ConsentView) -> None:
     if wait > 0:
         time.sleep(wait)  # a short wait for a slot that is ours
     message.to = message.contact.address_for(message.channel)
-    recorded = _write(
-        message, before_call=True, to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
+    recorded = _record_call(
+        message, to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
         sending_at=timezone.now(), rate_slot_at=None, **_sms_length(message, rendered, log),
     )
+    if recorded is None:
+        return  # over the frequency cap: skipped with the reason
     if not recorded:
         # Withdrawn meanwhile (a cancel, a reschedule, a revoked consent), or we stalled
         # long enough for the reconciler to hand it to another task: not ours to send.
@@ -139,20 +136,50 @@ def _send_one(message: Message, consent: ConsentView) -> None:
     log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
 
 
+def _held_for_quiet_hours(message: Message, log: IdsAdapter) -> bool:
+    """A marketing SMS inside the recipient's quiet hours waits for their end (a timed
+    requeue: the row is the timer, no worker sleeps), or is skipped when waiting would pass
+    its expiry. The wait and its end are on the Message (error, next_attempt_at)."""
+    now = timezone.now()
+    until = quiet_hours_end(message, now)
+    if until is None:
+        return False
+    local = f"{until:%Y-%m-%d %H:%M} {message.recipient_zone()}"
+    expires = message_expiry(message)
+    if expires is not None and until >= expires:
+        _finish(message, Message.Status.SKIPPED, error=f"quiet hours until {local}, past its expiry at {expires.isoformat()}")
+        log.info("%s sms skipped: quiet hours would pass its expiry", message.template_type)
+        return True
+    _requeue(message, (until - now).total_seconds(), error=f"held for quiet hours until {local}", count_attempt=False, long=True)
+    log.info("%s sms held for quiet hours until %s", message.template_type, local)
+    return True
+
+
+def _record_call(message: Message, **fields: Any) -> bool | None:
+    """The guarded write right before the provider call. A marketing message under a
+    frequency cap takes its place under the contact's row lock, so two workers racing for
+    the last place cannot both send; None when the cap is reached (skipped with the reason)."""
+    if not frequency_capped(message):
+        return _write(message, before_call=True, **fields)
+    with transaction.atomic():
+        list(Contact.objects.select_for_update().filter(pk=message.contact_id).values_list("pk", flat=True))
+        reason = frequency_cap_reason(message, timezone.now())
+        if reason:
+            _finish(message, Message.Status.SKIPPED, error=reason)
+            message_log(message).info("%s %s skipped: %s", message.template_type, message.channel, reason)
+            return None
+        return _write(message, before_call=True, **fields)
+
+
 def _hand_back(messages: list[Message], pieces_of: int | None = None) -> None:
     """Claimed messages this task will not get to: queued again, due now, the claim not
     counted as an attempt, and new tasks for them."""
-    from .tasks import enqueue_sends
-
     if not messages:
         return
     now = timezone.now()
+    ids = [m.id for m in messages]
     with transaction.atomic():
-        Message.objects.filter(
-            id__in=[m.id for m in messages], status=Message.Status.SENDING,
-            claim_token=messages[0].claim_token, sending_at__isnull=True,
-        ).update(status=Message.Status.QUEUED, attempts=F("attempts") - 1, next_attempt_at=now, updated_at=now)
-        ids = [m.id for m in messages]
+        Message.objects.filter(id__in=ids).hand_back(messages[0].claim_token, now)
         transaction.on_commit(lambda: enqueue_sends(ids, batch_size=pieces_of))
 
 
@@ -179,18 +206,19 @@ def _mine(message: Message) -> QuerySet[Message]:
     return Message.objects.filter(id=message.id, status=Message.Status.SENDING, claim_token=message.claim_token)
 
 
-def _finish(message: Message, status: str, **fields: object) -> bool:
+def _finish(message: Message, status: str, **fields: Any) -> bool:
     return _write(message, status=status, **fields)
 
 
-def _write(message: Message, before_call: bool = False, **fields: object) -> bool:
+def _write(message: Message, before_call: bool = False, **fields: Any) -> bool:
     """`_mine(message).update(**fields)` (with `before_call`: only while no provider call is
     recorded), as one plain UPDATE. It runs twice for every message, and building the same
     statement through the ORM each time was a fifth of the sender's CPU (bench/README.md)."""
     fields["updated_at"] = timezone.now()
     columns = [Message._meta.get_field(name) for name in fields]
-    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in columns)
-    values = [f.get_db_prep_save(value, connection) for f, value in zip(columns, fields.values())]
+    assert all(isinstance(f, Field) for f in columns)  # concrete columns, never relations
+    assignments = ", ".join(f"{connection.ops.quote_name(str(f.column))} = %s" for f in columns)  # type: ignore[union-attr]
+    values = [f.get_db_prep_save(value, connection) for f, value in zip(columns, fields.values(), strict=True)]  # type: ignore[union-attr]
     where = "id = %s AND status = %s AND claim_token = %s" + (" AND sending_at IS NULL" if before_call else "")
     with connection.cursor() as cursor:
         cursor.execute(
@@ -209,10 +237,14 @@ def retry_delay(attempt: int) -> float:
 def _on_transport_error(message: Message, exc: TransportError, consent: ConsentView, log: IdsAdapter) -> None:
     attempts = message.attempts
     if exc.revoke_consent:
-        record_consent(
-            message.contact, message.channel, False, ConsentRecord.Source.PROVIDER,
+        # The provider's opt-out belongs to the address: every contact reached at it.
+        changes = record_for_address(
+            message.channel, message.to or message.contact.address_for(message.channel), False, ConsentRecord.Source.PROVIDER,
             detail="twilio:21610" if message.channel == Channel.SMS else "esp:rejected", reason=exc.message,
         )
+        for change in changes:
+            if change.current is not None:
+                consent.revoked(change.current.contact_id, message.channel)
         consent.revoked(message.contact_id, message.channel)
     if exc.permanent or attempts >= settings.DRIP_SEND_MAX_ATTEMPTS:
         why = "permanent" if exc.permanent else f"gave up after {attempts} attempts"
@@ -224,16 +256,23 @@ def _on_transport_error(message: Message, exc: TransportError, consent: ConsentV
     log.warning("%s %s attempt %d failed, retry in %.1fs: %s", message.template_type, message.channel, attempts, delay, exc.message)
 
 
-def _requeue(message: Message, delay: float, error: str | None, count_attempt: bool, rate_slot: bool = False) -> None:
+def _requeue(
+    message: Message, delay: float, error: str | None, count_attempt: bool, rate_slot: bool = False, long: bool = False
+) -> None:
     """Back to queued, to be sent again in `delay` real seconds. A rate-limit deferral is
     not an attempt and keeps its reserved slot; a provider error is, and records its error."""
-    from .tasks import enqueue_sends
-
     at = timezone.now() + timedelta(seconds=delay)
+    # A long wait (quiet hours: up to a night) is not held by the broker (an ETA task that
+    # long is delivered again every visibility timeout): the row waits, marked held, and the
+    # dispatcher publishes it once it comes within the horizon. Retries and rate-limit waits
+    # are short and keep their own ETA task.
+    held = long
     fields: dict[str, object] = {
         "status": Message.Status.QUEUED, "sending_at": None, "updated_at": timezone.now(),
         "next_attempt_at": at, "rate_slot_at": at if rate_slot else None,
     }
+    if held:
+        fields["claim_token"] = HELD
     if error is not None:
         fields["error"] = error
     if not count_attempt:
@@ -241,5 +280,15 @@ def _requeue(message: Message, delay: float, error: str | None, count_attempt: b
     with transaction.atomic():
         # The row is the timer here too: if this countdown task is lost, the reconciler
         # re-enqueues the message once next_attempt_at has passed.
-        if _mine(message).update(**fields):
+        if _mine(message).update(**fields) and not held:
             transaction.on_commit(lambda: enqueue_sends([message.id], eta=at))
+
+
+def requeue_failed(messages: QuerySet[Message]) -> int:
+    """An operator's decision, e.g. after checking that an "outcome unknown" send did not
+    arrive: failed → queued, with a fresh budget of attempts and lost claims."""
+    ids = list(messages.filter(status=Message.Status.FAILED).values_list("pk", flat=True))
+    with transaction.atomic():
+        Message.objects.filter(pk__in=ids).requeue_failed(timezone.now())
+        transaction.on_commit(lambda: enqueue_sends(ids))
+    return len(ids)

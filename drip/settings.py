@@ -11,6 +11,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from drip.pacing import parse_frequency_cap, parse_quiet_hours
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -171,6 +173,11 @@ DRIP_RATE_LIMITS = {
 # back to the queue with a countdown instead of holding a worker.
 DRIP_RATE_LIMIT_MAX_SLEEP = env_float("DRIP_RATE_LIMIT_MAX_SLEEP", 1.0, minimum=0)
 DRIP_RATE_LIMIT_PREFIX = os.environ.get("DRIP_RATE_LIMIT_PREFIX") or "drip:ratelimit"
+# Marketing steps only (the funnel table's purpose column): no marketing SMS inside this
+# local window of the contact's zone, and at most N marketing messages per contact and
+# channel in a rolling window.
+DRIP_SMS_QUIET_HOURS = parse_quiet_hours(os.environ.get("DRIP_SMS_QUIET_HOURS") or "21:00-08:00")
+DRIP_FREQUENCY_CAP = parse_frequency_cap(os.environ.get("DRIP_FREQUENCY_CAP") or "off")
 DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
 PUBLIC_BASE_URL = (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
 MESSAGE_TEMPLATES_DIR = BASE_DIR / "templates" / "messages"
@@ -181,6 +188,11 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL") or "events@example.com
 ANYMAIL = {
     name[len("ANYMAIL_"):]: value for name, value in os.environ.items() if name.startswith("ANYMAIL_") and value
 }
+# The sender's postal address, in every email's footer (CAN-SPAM); a system check warns
+# when DEBUG is off and it is unset (drip/inbound/checks.py).
+DRIP_SENDER_ADDRESS = (os.environ.get("DRIP_SENDER_ADDRESS") or "").strip() or (
+    "Drip development, 1 Example Street, Springfield" if DEBUG else ""
+)
 
 # --- SMS ------------------------------------------------------------------------------
 SMS_BACKEND = os.environ.get("SMS_BACKEND") or "console"
@@ -189,6 +201,16 @@ TWILIO_AUTH_TOKEN = os.environ.get("TWILIO_AUTH_TOKEN") or ""
 TWILIO_FROM_NUMBER = os.environ.get("TWILIO_FROM_NUMBER") or ""
 TWILIO_MESSAGING_SERVICE_SID = os.environ.get("TWILIO_MESSAGING_SERVICE_SID") or ""
 TWILIO_API_BASE_URL = (os.environ.get("TWILIO_API_BASE_URL") or "https://api.twilio.com").rstrip("/")
+# The reply to an inbound HELP / INFO (drip/inbound/twilio_webhooks.py).
+DRIP_SMS_HELP_TEXT = os.environ.get("DRIP_SMS_HELP_TEXT") or (
+    f"Event reminders from {DEFAULT_FROM_EMAIL.split('@')[-1]}. Help: {DEFAULT_FROM_EMAIL}. "
+    "Msg&data rates may apply. Reply STOP to opt out."
+)
+# How long Twilio may hold an SMS in its queue before dropping it (Twilio accepts
+# 1..36000 s): a reminder stuck for hours ("starts in 1 hour") must not arrive at all.
+DRIP_SMS_VALIDITY_SECONDS = int(env_float("DRIP_SMS_VALIDITY_SECONDS", 1800, minimum=1))
+if DRIP_SMS_VALIDITY_SECONDS > 36000:
+    raise ImproperlyConfigured("DRIP_SMS_VALIDITY_SECONDS must be at most 36000 (Twilio's limit).")
 if SMS_BACKEND not in ("console", "twilio"):
     raise ImproperlyConfigured(f"SMS_BACKEND must be 'console' or 'twilio', not {SMS_BACKEND!r}.")
 if SMS_BACKEND == "twilio":

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from .consent import ConsentView
+from .funnels import Block, funnel_step
 from .logs import step_log
-from .models import Message, Step
-from .policy import Block, channel_block_reason, step_block
+from .models import EARLY_TOLERANCE, Message, Step
+from .policy import channel_block_reason, step_block
+from .publish import enqueue_sends, enqueue_steps
 
-# ETA timers fire a few milliseconds early at worst; anything earlier is a stray delivery.
-EARLY_TOLERANCE = timedelta(seconds=1)
 STEP_RELATED = ("registration__event", "registration__contact")
 
 
-def run_steps(step_ids: list[int]) -> None:
+def run_step_batch(step_ids: list[int]) -> None:
+    """The work of the step task: claim, check, plan the messages, hand them on."""
     now = timezone.now()
     token = uuid.uuid4().hex
     # Not yet due: a stray early delivery leaves the step to its own ETA task (or, if that
     # was lost, to the reconciler) instead of stealing the claim.
-    claimed = Step.objects.filter(
-        id__in=step_ids, status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE
-    ).update(status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1, dispatch_token=token)
+    claimed = Step.objects.filter(id__in=step_ids).start_run(token, now)
     if claimed:
         _run_claimed(step_ids, token, now)
     if claimed < len(step_ids):
@@ -35,14 +33,12 @@ def run_steps(step_ids: list[int]) -> None:
 
 
 def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
-    from .tasks import enqueue_sends
-
     with transaction.atomic():
         # Loaded locked and still ours: a step the reconciler re-claimed meanwhile (this run
         # stalled past its grace) belongs to that claim now, and this run leaves it alone.
         batch = list(
             Step.objects.select_related(*STEP_RELATED).select_for_update(of=("self",))
-            .filter(id__in=step_ids, status=Step.Status.RUNNING, dispatch_token=token)
+            .filter(id__in=step_ids, status=Step.Status.RUNNING).claimed_by(token)
         )
         blocked: list[tuple[Step, Block]] = []
         runnable: list[Step] = []
@@ -54,9 +50,7 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
             else:
                 runnable.append(step)
         Step.objects.bulk_update([s for s, _ in blocked], ["status", "reason", "finished_at"])
-        Step.objects.filter(id__in=[s.id for s in runnable], status=Step.Status.RUNNING, dispatch_token=token).update(
-            status=Step.Status.DONE, finished_at=now
-        )
+        Step.objects.filter(id__in=[s.id for s in runnable]).finish_run(token, now)
         messages = _messages_for(runnable, now)
         Message.objects.bulk_create(messages)
         # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.
@@ -69,7 +63,7 @@ def _log_outcomes(blocked: list[tuple[Step, Block]], runnable: list[Step], messa
     for step, block in blocked:
         step_log(step).info("step %s %s: %s", step.key, block.status, block.reason)
     for m in messages:
-        if m.status == Message.Status.SKIPPED:
+        if m.status == Message.Status.SKIPPED and m.step is not None:
             step_log(m.step).info("step %s: %s message skipped: %s", m.step.key, m.channel, m.error)
     per_step = Counter(m.step_id for m in messages if m.status == Message.Status.QUEUED)
     for step in runnable:
@@ -85,8 +79,6 @@ def _decide(step: Step, now: datetime) -> Block | None:
 
 
 def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
-    from campaigns.funnels import funnel_step
-
     consent = ConsentView(s.registration.contact_id for s in runnable)
     messages = []
     for step in runnable:
@@ -98,7 +90,7 @@ def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
             messages.append(
                 Message(
                     step=step, contact=contact, registration=registration, channel=channel,
-                    template_type=definition.template_type, to=contact.address_for(channel),
+                    template_type=definition.template_type, to=contact.address_for(channel), purpose=definition.purpose,
                     status=Message.Status.SKIPPED if reason else Message.Status.QUEUED,
                     error=reason, expires_at=step.expires_at, next_attempt_at=now,
                 )
@@ -110,11 +102,5 @@ def _rearm_early(step_ids: list[int], now: datetime) -> None:
     """A task that arrives before its steps are due (clocks of hosts apart by more than the
     tolerance) asks again at the due time rather than leaving them to the reconciler.
     Duplicates this may create are harmless: only one claim can win."""
-    from .tasks import enqueue_steps
-
     early = Step.objects.filter(id__in=step_ids, status=Step.Status.ENQUEUED, due_at__gt=now + EARLY_TOLERANCE)
     enqueue_steps(early.values_list("id", "due_at"))
-
-
-def run_step(step_id: int) -> None:
-    run_steps([step_id])

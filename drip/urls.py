@@ -1,11 +1,23 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from . import api
+from .inbound import twilio_webhooks, unsubscribe
+from .inbound.email_reports import anymail_urlpatterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/events", api.events, name="api-events"),
+    path("api/events/schema", api.events_schema, name="api-events-schema"),
     # The same door with a trailing slash: APPEND_SLASH cannot redirect a POST.
     path("api/events/", api.events),
+    # Inbound (drip/inbound/): the RFC 8058 unsubscribe link (built with its final slash),
+    # anymail's tracking webhooks, and Twilio's status and inbound callbacks.
+    path("u/<str:token>/", unsubscribe.unsubscribe, name="unsubscribe"),
+    path("anymail/", include((anymail_urlpatterns(), "anymail"))),
+    path("webhooks/twilio/status/", twilio_webhooks.status_callback, name="twilio-status"),
+    path("webhooks/twilio/inbound/", twilio_webhooks.inbound_sms, name="twilio-inbound"),
+    # Without the slash too: a console-typed URL must not meet APPEND_SLASH's POST error.
+    path("webhooks/twilio/status", twilio_webhooks.status_callback),
+    path("webhooks/twilio/inbound", twilio_webhooks.inbound_sms),
 ]

@@ -2,15 +2,13 @@
 real anymail / twilio clients talking HTTP to a loopback stub."""
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
-import redis
 from celery.contrib.testing.worker import start_worker
-from django.conf import settings as django_settings
 
 from celery_app import app as celery_app_instance
+from tests.helpers import SCALE, Ticker, flush_broker
 from tests.stubs import ProviderStub
 
 
@@ -37,8 +35,11 @@ def providers(settings, stub: ProviderStub) -> ProviderStub:
     return stub
 
 
-def flush_broker() -> None:
-    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
+@pytest.fixture
+def scaled(settings):
+    """Funnel time compressed: a day in a few seconds (tests.helpers.SCALE)."""
+    settings.DRIP_TIME_SCALE = SCALE
+    return settings
 
 
 @pytest.fixture
@@ -55,24 +56,6 @@ def worker(transactional_db, providers, celery_app) -> Iterator[object]:
     ) as w:
         yield w
     flush_broker()
-
-
-class Ticker:
-    """What beat does in production: sends the dispatch and reconcile tasks on a timer,
-    through the broker, to the worker."""
-
-    def __init__(self, interval: float) -> None:
-        from drip.tasks import dispatch_due_steps, reconcile
-
-        self.interval = interval
-        self.stop = threading.Event()
-        self.tasks = (dispatch_due_steps, reconcile)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            for task in self.tasks:
-                task.delay()
 
 
 @pytest.fixture

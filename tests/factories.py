@@ -6,6 +6,7 @@ from itertools import count
 
 from django.utils import timezone
 
+from drip import services
 from drip.consent import record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Registration
 
@@ -15,7 +16,7 @@ _seq = count(1)
 def make_contact(email_consent: bool = True, sms_consent: bool = True, phone: str | None = None, **fields: object) -> Contact:
     n = next(_seq)
     phone = f"+1415555{n % 10000:04d}" if phone is None else phone
-    data = {"external_id": f"c{n}", "email": f"person{n}@example.com", "phone": phone, "first_name": f"Person{n}",
+    data: dict[str, object] = {"external_id": f"c{n}", "email": f"person{n}@example.com", "phone": phone, "first_name": f"Person{n}",
             "timezone": "America/New_York"}
     data.update(fields)
     contact = Contact.objects.create(**data)
@@ -36,12 +37,10 @@ def make_event(starts_in: float = 3600 * 48, starts_at: datetime | None = None, 
 
 
 def enroll(contact: Contact, event: Event) -> Registration:
-    return Registration.objects.create(contact=contact, event=event, external_id=f"r{next(_seq)}")
+    """Through the service every door calls: the registration and its pre-event funnel."""
+    return services.enroll(contact, event, f"r{next(_seq)}").registration
 
 
 def register_quietly(contact: Contact, event: Event) -> Registration:
-    """A registration without its funnel (bulk_create sends no signal): for direct sends."""
-    [registration] = Registration.objects.bulk_create(
-        [Registration(contact=contact, event=event, external_id=f"r{next(_seq)}")]
-    )
-    return registration
+    """A registration without its funnel (only the service plans one): for direct sends."""
+    return Registration.objects.create(contact=contact, event=event, external_id=f"r{next(_seq)}")

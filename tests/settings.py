@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("DEBUG", "1")
 
 from drip.settings import *  # noqa: E402,F401,F403
+from drip.settings import BASE_DIR, REDIS_URL  # noqa: E402  (named: the linter sees them)
 
 # Tests use their own Redis database number, so a run never touches a developer's queues.
 TEST_REDIS_DB = int(os.environ.get("DRIP_TEST_REDIS_DB", "15"))

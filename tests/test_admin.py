@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from drip.consent import has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Registration, Step
-from tests.factories import make_contact, make_event
+from tests.factories import enroll, make_contact, make_event
 
 
 @pytest.fixture
@@ -104,8 +104,8 @@ def test_the_audit_pages_render(operator):
 def test_complete_event_action_marks_attendance_and_plans_the_post_event_funnel(operator):
     event = make_event(starts_in=-7200)
     ada, bob = make_contact(), make_contact()
-    reg_ada = Registration.objects.create(contact=ada, event=event, external_id="ra")
-    Registration.objects.create(contact=bob, event=event, external_id="rb")
+    reg_ada = enroll(ada, event)
+    enroll(bob, event)
     page = operator.post("/admin/drip/event/", {"action": "complete_event", "_selected_action": [str(event.pk)]})
     assert "Tick who attended" in page.content.decode()
     done = operator.post("/admin/drip/event/", {
@@ -140,7 +140,7 @@ def test_send_again_requeues_only_failed_messages(operator, django_capture_on_co
 
 
 def test_run_now_makes_pending_steps_due_at_once(operator, django_capture_on_commit_callbacks):
-    registration = Registration.objects.create(contact=make_contact(), event=make_event(), external_id="r-now")
+    registration = enroll(make_contact(), make_event())
     reminder = Step.objects.get(registration=registration, key="reminder_24h")
     assert reminder.status == Step.Status.PENDING
     with django_capture_on_commit_callbacks(execute=False):

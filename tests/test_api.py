@@ -12,13 +12,15 @@ import pytest
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
 from hypothesis import event as hypothesis_event
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from drip.consent import has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
-from tests.conftest import flush_broker
 from tests.factories import enroll, make_contact, make_event
+from tests.helpers import flush_broker
 
 TOKEN = "s3cret-token"
 IN_TWO_DAYS = (timezone.now() + timedelta(days=2)).replace(microsecond=0)
@@ -442,3 +444,17 @@ def test_arbitrary_json_never_gets_a_server_error(api, body):
 @given(body=st.binary(max_size=200))
 def test_arbitrary_bytes_never_get_a_server_error(api, body):
     assert api(body).status_code in (202, 400)
+
+
+def test_the_schema_of_every_accepted_event_is_served_without_a_token(client, settings):
+    settings.DRIP_API_TOKEN = ""  # the schema holds no data: it answers even while the API is off
+    response = client.get("/api/events/schema")
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    schema = response.json()
+    text = json.dumps(schema)
+    for name in ("event.enrolled", "event.completed", "event.rescheduled", "event.cancelled",
+                 "registration.cancelled", "message.send"):
+        assert f'"{name}"' in text, name
+    for field in ("contactId", "scheduledAt", "attendedRegistrationIds", "templateType"):
+        assert f'"{field}"' in text, field
+    assert client.post("/api/events/schema").status_code == 405

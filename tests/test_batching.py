@@ -8,23 +8,22 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from celery.signals import before_task_publish
 from django.utils import timezone
 
-from drip import scheduler
+from drip import scheduler, services
 from drip.consent import ConsentView, record_consent
 from drip.models import Channel, ConsentRecord, Message, Step
-from drip.sender import send_messages
-from drip.steps import run_steps
-from drip.tasks import enqueue_steps
+from drip.publish import enqueue_steps
+from drip.sender import send_batch as send_messages
+from drip.steps import run_step_batch as run_steps
 from drip.tasks import run_steps as run_steps_task
 from drip.tasks import send_messages as send_messages_task
-from tests.conftest import flush_broker
 from tests.factories import make_contact, make_event, register_quietly
-from tests.test_durability import assert_each_sent_once
-from tests.test_pre_event_funnel import wait_until
+from tests.helpers import assert_each_sent_once, flush_broker, wait_until
 
 
 @pytest.fixture
@@ -45,7 +44,7 @@ def tasks_named(published: list, name: str) -> list[list]:
     return [args for task, args, _ in published if task == f"drip.tasks.{name}"]
 
 
-def steps_due_together(n: int, due: datetime, key: str = "reminder_1h", **contact_fields: object) -> list[Step]:
+def steps_due_together(n: int, due: datetime, key: str = "reminder_1h", **contact_fields: Any) -> list[Step]:
     """n registrations of one event, each with the same pre-event step due at `due`,
     planned as the planner does it (claimed and enqueued when inside the horizon)."""
     event = make_event(starts_in=3600 * 48)
@@ -244,11 +243,9 @@ def test_what_changes_during_a_send_batch_withdraws_its_untried_messages(worker,
     sms = Message.objects.get(channel=Channel.SMS)
     assert (sms.status, sms.sending_at) == (Message.Status.SENDING, None)  # claimed, untried
     if change == "event cancelled":
-        event.status = event.Status.CANCELLED
-        event.save()
+        services.cancel_event(event)
     elif change == "event rescheduled":
-        event.starts_at += timedelta(hours=2)
-        event.save()
+        services.reschedule(event, event.starts_at + timedelta(hours=2))
     else:
         record_consent(contact, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="twilio:STOP")
     wait_until(lambda: not Message.objects.filter(status__in=[Message.Status.QUEUED, Message.Status.SENDING]).exists())

@@ -10,10 +10,11 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from campaigns.completion import complete_event
+from drip import services
 from drip.models import Channel, Contact, Event, Message, Registration, Step
+from drip.services import complete_event
 from tests.factories import enroll, make_contact, make_event
-from tests.test_pre_event_funnel import settled, wait_until
+from tests.helpers import settled, wait_until
 
 # 7 days of funnel time pass in 6 s: 1 h ≈ 0.04 s, 24 h ≈ 0.86 s, 3 d ≈ 2.6 s.
 SCALE = 100800
@@ -153,8 +154,7 @@ def test_an_attendance_change_after_completion_replans_that_registration(finishe
     event, regs = finished_event
     complete(event.external_id)
     bob = regs["bob"]
-    bob.attended = True
-    bob.save()
+    services.set_attendance(bob, True)
     steps = Step.objects.filter(registration=bob, funnel="post_event")
     no_show = steps.filter(key__in=["sorry_missed", "reengagement", "final_followup"])
     assert {(s.status, s.reason) for s in no_show} == {(Step.Status.CANCELLED, "attendance changed: now attended")}
@@ -164,8 +164,7 @@ def test_an_attendance_change_after_completion_replans_that_registration(finishe
     event.refresh_from_db()
     assert attended["thank_you"].due_at == event.completed_at + timedelta(hours=1)
     # Flipping back re-plans the no-show branch once more, as a third plan version.
-    bob.attended = False
-    bob.save()
+    services.set_attendance(bob, False)
     assert steps.filter(key="sorry_missed", status=Step.Status.PENDING, plan_version=3).exists()
     assert not steps.filter(key__in=["thank_you", "resources", "nurture"], status__in=Step.OPEN).exists()
 
@@ -176,8 +175,7 @@ def test_flipping_attendance_twice_keeps_what_was_sent_and_plans_the_rest(finish
     complete(event.external_id, "--attended", ada.external_id)
     Step.objects.filter(registration=ada, key="thank_you").update(status=Step.Status.DONE)  # it went out
     for attended in (False, True):
-        ada.attended = attended
-        ada.save()
+        services.set_attendance(ada, attended)
     steps = Step.objects.filter(registration=ada, funnel="post_event").exclude(status=Step.Status.CANCELLED)
     assert sorted(steps.values_list("key", "status")) == [
         ("nurture", Step.Status.PENDING), ("resources", Step.Status.PENDING), ("thank_you", Step.Status.DONE)

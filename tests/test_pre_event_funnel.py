@@ -8,35 +8,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from drip import services
 from drip.consent import record_consent
-from drip.models import Channel, ConsentRecord, Event, Message, Registration, Step
+from drip.models import Channel, ConsentRecord, Message, Step
 from tests.factories import enroll, make_contact, make_event
+from tests.helpers import settled, wait_until
 
-# 24 h of funnel time pass in 4 s of real time; 1 h in about 0.17 s.
-SCALE = 21600
 ON_TIME = 0.5  # seconds: how late a message may reach the provider after its step is due
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
-def settled(registration: Registration) -> bool:
-    """No open step and no message still on its way."""
-    return not Step.objects.filter(registration=registration, status__in=[*Step.OPEN, Step.Status.RUNNING]).exists() and not Message.objects.filter(
-        registration=registration, status__in=[Message.Status.QUEUED, Message.Status.SENDING]
-    ).exists()
-
-
-@pytest.fixture
-def scaled(settings):
-    settings.DRIP_TIME_SCALE = SCALE
-    return settings
 
 
 def test_it_sends_the_welcome_at_once_and_the_reminders_on_time(worker, beat, providers, scaled):
@@ -94,8 +72,7 @@ def test_rescheduling_moves_the_reminders(worker, providers, scaled):
     event = make_event(starts_in=60)  # reminders due in 56 s and ~60 s: far away
     registration = enroll(contact, event)
     providers.wait_for(1)
-    event.starts_at = timezone.now() + timedelta(seconds=6)
-    event.save()
+    services.reschedule(event, timezone.now() + timedelta(seconds=6))
 
     providers.wait_for(5, timeout=15)
     wait_until(lambda: settled(registration))
@@ -117,8 +94,7 @@ def test_a_reminder_skipped_as_too_late_comes_back_when_the_event_moves_later(db
     assert skipped.status == Step.Status.SKIPPED and "already past when planned" in skipped.reason
     Step.objects.filter(registration=registration, key="welcome").update(status=Step.Status.DONE)  # as a worker would
 
-    event.starts_at = timezone.now() + timedelta(days=3)
-    event.save()
+    services.reschedule(event, timezone.now() + timedelta(days=3))
     revived = Step.objects.get(registration=registration, key="reminder_24h", plan_version=2)
     assert (revived.status, revived.due_at, revived.anchor_at) == (
         Step.Status.PENDING, event.starts_at - timedelta(hours=24), event.starts_at
@@ -128,8 +104,7 @@ def test_a_reminder_skipped_as_too_late_comes_back_when_the_event_moves_later(db
     assert Step.objects.filter(registration=registration, key="welcome").count() == 1
 
     # Moved closer again: the new plan is skipped too, and nothing is planned twice.
-    event.starts_at = timezone.now() + timedelta(hours=5)
-    event.save()
+    services.reschedule(event, timezone.now() + timedelta(hours=5))
     latest = Step.objects.filter(registration=registration, key="reminder_24h").order_by("-plan_version")
     assert [(s.plan_version, s.status) for s in latest] == [
         (3, Step.Status.SKIPPED), (2, Step.Status.CANCELLED), (1, Step.Status.SKIPPED)
@@ -143,11 +118,9 @@ def test_cancelling_stops_the_reminders(worker, providers, scaled, what):
     registration = enroll(contact, event)
     providers.wait_for(1)
     if what == "event":
-        event.status = Event.Status.CANCELLED
-        event.save()
+        services.cancel_event(event)
     else:
-        registration.status = Registration.Status.CANCELLED
-        registration.save()
+        services.cancel_registration(registration)
     time.sleep(6.5)  # past every reminder's due time
     assert len(providers.messages()) == 1
     reminders = Step.objects.filter(registration=registration).exclude(key="welcome")
@@ -174,8 +147,9 @@ def test_enrolling_after_the_start_plans_nothing(transactional_db, scaled):
 
 def test_nothing_is_sent_after_expiry(transactional_db, providers, celery_app, scaled):
     """Steps enqueued while no worker runs; the worker comes back after the event started."""
-    from tests.conftest import flush_broker
     from celery.contrib.testing.worker import start_worker
+
+    from tests.helpers import flush_broker
 
     flush_broker()
     registration = enroll(make_contact(), make_event(starts_in=1.5))

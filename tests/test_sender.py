@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 
 from drip.consent import has_consent
-from drip.direct import DirectSendError, send_direct
+from drip.direct import send_direct
+from drip.errors import FieldError
 from drip.models import Channel, ConsentRecord, Message
 from drip.sms import GSM7, UCS2, sms_segments
 from drip.tasks import send_message
 from tests.factories import make_contact, make_event, register_quietly
-from tests.test_pre_event_funnel import wait_until
+from tests.helpers import wait_until
 
 FINAL = {Message.Status.SENT, Message.Status.FAILED, Message.Status.SKIPPED}
 
@@ -25,7 +27,7 @@ def finished(message: Message, timeout: float = 20) -> Message:
     return message
 
 
-def direct(channel: str = Channel.EMAIL, template: str = "reminder_24h", **contact_fields: object) -> Message:
+def direct(channel: str = Channel.EMAIL, template: str = "reminder_24h", **contact_fields: Any) -> Message:
     contact = make_contact(**contact_fields)
     registration = register_quietly(contact, make_event(starts_in=3600 * 48))
     message, _ = send_direct(contact, channel, template, registration=registration, step_type="manual")
@@ -51,7 +53,7 @@ def test_the_provider_receives_the_sms_with_a_status_callback(worker, providers,
     [got] = providers.messages("sms")
     assert got.to == message.contact.phone
     assert got.raw["From"] == "+15005550006"
-    assert got.raw["StatusCallback"] == "https://drip.example.org/webhooks/twilio/status/"
+    assert got.raw["StatusCallback"] == f"https://drip.example.org/webhooks/twilio/status/?m={message.pk}"
     assert got.text.startswith("Reminder: ")
     assert message.provider_message_id == got.provider_id and message.provider_message_id.startswith("SM")
     assert (message.sms_encoding, message.sms_segments) == (GSM7, 1)
@@ -152,13 +154,13 @@ def test_a_direct_send_with_a_key_and_a_duplicate_task_send_once(worker, provide
 
 def test_a_direct_send_names_the_bad_field(db):
     contact = make_contact()
-    with pytest.raises(DirectSendError) as unknown:
+    with pytest.raises(FieldError) as unknown:
         send_direct(contact, Channel.EMAIL, "no_such_template")
     assert unknown.value.field == "templateType"
-    with pytest.raises(DirectSendError) as no_sms:
+    with pytest.raises(FieldError) as no_sms:
         send_direct(contact, Channel.SMS, "welcome")
     assert no_sms.value.field == "templateType" and "no sms template" in str(no_sms.value)
-    with pytest.raises(DirectSendError) as channel:
+    with pytest.raises(FieldError) as channel:
         send_direct(contact, "fax", "welcome")
     assert channel.value.field == "channel"
     assert not Message.objects.exists()
@@ -177,21 +179,21 @@ def test_sms_length_counts_encoding_and_segments():
 
 
 def test_a_send_costs_a_constant_number_of_queries(transactional_db, providers, django_assert_max_num_queries):
-    from drip.sender import send_message as send_now
-    from drip.steps import run_step as run_step_now
     from drip.models import Step
+    from drip.sender import send_batch
+    from drip.steps import run_step_batch
     from tests.factories import enroll
 
     registration = enroll(make_contact(), make_event(starts_in=3600 * 48))
     step = Step.objects.get(registration=registration, key="welcome")
     Step.objects.filter(pk=step.pk).update(status=Step.Status.ENQUEUED)
-    run_step_now(step.pk)
+    run_step_batch([step.pk])
     message = Message.objects.get(step=step)
     with django_assert_max_num_queries(6):
-        send_now(message.pk)
+        send_batch([message.pk])
     message.refresh_from_db()
     assert message.status == Message.Status.SENT
-    from tests.conftest import flush_broker
+    from tests.helpers import flush_broker
 
     flush_broker()
 
@@ -201,7 +203,7 @@ def test_a_key_reused_for_a_different_message_is_refused(db, django_capture_on_c
     registration = register_quietly(contact, make_event())
     with django_capture_on_commit_callbacks(execute=False):
         first, _ = send_direct(contact, Channel.EMAIL, "resources", registration, idempotency_key="k-2")
-    with pytest.raises(DirectSendError) as reused:
+    with pytest.raises(FieldError) as reused:
         send_direct(contact, Channel.SMS, "reengagement", registration, idempotency_key="k-2")
     assert reused.value.field == "idempotencyKey" and f"(id {first.pk})" in str(reused.value)
     assert Message.objects.count() == 1

@@ -6,15 +6,18 @@ import re
 import time
 from collections import Counter
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from drip import services
 from drip.fastforward import run_steps_now
-from drip.models import Contact, ConsentRecord, Event, Message, Registration, Step
-from tests.conftest import flush_broker
+from drip.models import ConsentRecord, Contact, Event, Message, Registration, Step
+from drip.pacing import parse_quiet_hours
 from tests.factories import enroll, make_contact, make_event
+from tests.helpers import flush_broker
 
 # "  + 12.3s  reminder_24h    sms   Grace  skipped  no sms consent"
 LINE = re.compile(r"^  \+\s*(?P<at>[\d.]+)s  (?P<what>\S+)\s+(?P<channel>\S+)\s+(?P<who>\S+)\s+(?P<status>\S+)(?:\s+(?P<detail>.*))?$")
@@ -46,7 +49,14 @@ def simulate(*args: str) -> str:
     return out.getvalue()
 
 
-def test_simulate_all_runs_both_funnels_through_the_worker_and_prints_each_message(worker, providers):
+@pytest.fixture
+def daytime(settings):
+    """The demo's people live in three zones; quiet hours (tested below) off, so every
+    marketing SMS goes out whatever the hour of the run."""
+    settings.DRIP_SMS_QUIET_HOURS = None
+
+
+def test_simulate_all_runs_both_funnels_through_the_worker_and_prints_each_message(worker, providers, daytime):
     started = time.monotonic()
     output = simulate("all", "--pause", "0")
     took = time.monotonic() - started
@@ -85,7 +95,7 @@ def test_simulate_all_runs_both_funnels_through_the_worker_and_prints_each_messa
     assert not (Step.objects.exists() or Message.objects.exists() or ConsentRecord.objects.exists())
 
 
-def test_simulate_post_runs_only_the_post_event_funnel(worker, providers):
+def test_simulate_post_runs_only_the_post_event_funnel(worker, providers, daytime):
     output = simulate("post", "--pause", "0", "--cleanup")
     assert Counter(timeline(output)) == Counter(POST), output
     assert "0 pre-event steps planned" in output
@@ -132,8 +142,7 @@ def test_run_steps_now_runs_pending_and_enqueued_steps_at_once(worker, providers
 def test_run_steps_now_leaves_the_checks_to_the_step_task(worker, providers):
     registration = enroll(make_contact(), make_event(starts_in=3 * 24 * 3600))
     providers.wait_for(1)
-    registration.status = Registration.Status.CANCELLED
-    registration.save()
+    services.cancel_registration(registration)
     Step.objects.filter(registration=registration, key="reminder_1h").update(status="pending", reason="")
     run_steps_now(Step.objects.filter(registration=registration))
     deadline = time.monotonic() + 10
@@ -143,3 +152,16 @@ def test_run_steps_now_leaves_the_checks_to_the_step_task(worker, providers):
     assert Step.objects.get(registration=registration, key="reminder_1h").reason == "registration cancelled"
     assert len(providers.messages()) == 1
     assert timezone.now() - registration.created_at < timedelta(minutes=1)
+
+
+def test_a_marketing_sms_inside_quiet_hours_is_shown_held_and_the_demo_still_ends(worker, providers, settings):
+    # Alan (Europe/London) is inside a quiet window that holds the whole day but one minute.
+    now = timezone.now().astimezone(ZoneInfo("Europe/London"))
+    window = f"{(now + timedelta(minutes=3)):%H:%M}-{(now + timedelta(minutes=2)):%H:%M}"
+    settings.DRIP_SMS_QUIET_HOURS = parse_quiet_hours(window)
+    output = simulate("post", "--pause", "0")
+    lines = timeline(output)
+    assert ("reengagement", "sms", "Alan", "held") in lines, output
+    [held] = [m for m in map(LINE.match, output.splitlines()) if m and m["status"] == "held"]
+    assert held["detail"].startswith("held for quiet hours until") and "Europe/London" in held["detail"]
+    assert not [r for r in providers.messages("sms")]

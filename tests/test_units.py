@@ -4,23 +4,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from django.conf import settings as django_settings
 from anymail.exceptions import AnymailRecipientsRefused
+from django.conf import settings as django_settings
 from twilio.base.exceptions import TwilioRestException
 
-from campaigns.funnels import PRE_EVENT, POST_EVENT
-from campaigns.planning import build_step
+from campaigns.funnels import POST_EVENT, PRE_EVENT
+from drip import services
 from drip.channels import classify
-from drip.consent import has_consent, record_consent
+from drip.consent import Outcome, has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Message, Step
+from drip.planning import build_step
 from drip.rendering import RenderError, format_when, render_message
 from tests.factories import enroll, make_contact, make_event
 
-UTC = dt_timezone.utc
+UTC = UTC
 START = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
 
 
@@ -64,10 +65,10 @@ def test_an_api_grant_never_lifts_a_recipient_suppression(db):
     contact = make_contact(sms_consent=False)
     record_consent(contact, Channel.SMS, True, ConsentRecord.Source.API)
     record_consent(contact, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="twilio:STOP")
-    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.API) is None
-    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.ADMIN) is None  # no reason given
+    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.API).outcome is Outcome.REFUSED
+    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.ADMIN).outcome is Outcome.REFUSED  # no reason given
     assert not has_consent(contact, Channel.SMS)
-    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.RECIPIENT, detail="twilio:START")
+    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.RECIPIENT, detail="twilio:START").recorded
     assert has_consent(contact, Channel.SMS)
     assert contact.consents.filter(channel=Channel.SMS).count() == 3  # a history, not a flag
 
@@ -151,8 +152,7 @@ def test_a_reschedule_after_the_welcome_ran_does_not_drop_its_message(db):
 
     registration = enroll(make_contact(), make_event(starts_in=3600 * 48))
     event = registration.event
-    event.starts_at = event.starts_at + timedelta(days=1)
-    event.save()
+    services.reschedule(event, event.starts_at + timedelta(days=1))
     welcome = Step.objects.get(registration=registration, key="welcome", plan_version=1)
     Step.objects.filter(pk=welcome.pk).update(status=Step.Status.DONE)  # it ran before the move
     welcome.refresh_from_db()

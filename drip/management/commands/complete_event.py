@@ -11,8 +11,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 
-from campaigns.completion import CompletionError, CompletionSummary, complete_event, resolve_attendees
+from drip.errors import FieldError
 from drip.models import Event
+from drip.services import CompletionSummary, complete_event, resolve_attendees
 
 HEADERS = {"registration_id", "registrationid", "registration", "id", "email", "contact_email", "contactemail"}
 
@@ -64,14 +65,15 @@ class Command(BaseCommand):
         if event is None:
             raise CommandError(f"unknown event id: {options['event_id']}")
         completed_at = parse_completed_at(options["completed_at"])
-        ids, emails = list(options["attended"]), []
+        ids: list[str] = list(options["attended"])
+        emails: list[str] = []
         if options["attended_csv"]:
             csv_ids, emails = read_attendance_csv(options["attended_csv"])
             ids += csv_ids
         try:
             attended = resolve_attendees(event, ids, emails)
             summary = complete_event(event, attended, completed_at, options["dry_run"], progress=self._progress)
-        except CompletionError as exc:
+        except FieldError as exc:
             raise CommandError(str(exc)) from None
         if summary.already_completed:
             raise CommandError(

@@ -9,7 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from drip.events import EventError, handle_body
+from drip.errors import FieldError
+from drip.intake.apply import handle_body
 
 
 def read_payload(argument: str) -> str:
@@ -36,6 +37,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, payload: str, **options: Any) -> None:
         try:
             result = handle_body(read_payload(payload))
-        except EventError as exc:
+        except FieldError as exc:
             raise CommandError(f"{exc.field}: {exc}" if exc.field else str(exc)) from None
         self.stdout.write(json.dumps(result, indent=2))

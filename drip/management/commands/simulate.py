@@ -17,13 +17,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from campaigns.funnels import POST_EVENT, PRE_EVENT, Funnel, FunnelStep
-from drip.events import handle_events
 from drip.fastforward import run_steps_now
-from drip.models import Contact, Event, Message, Registration, Step
+from drip.funnels import Anchor, Funnel, FunnelStep, Trigger, started_by
+from drip.intake.apply import handle_payload
+from drip.models import HELD, Contact, Event, Message, Registration, Step
 
 DEMO_PREFIX = "sim-"
 POLL = 0.1  # seconds between looks at the Message table
@@ -65,7 +65,7 @@ def when_label(funnel: Funnel, definition: FunnelStep) -> str:
     """The step's place in funnel time, as the funnel table in DESIGN.md states it."""
     if definition.offset is None:
         return "at enrollment"
-    anchor = "start" if funnel is PRE_EVENT else "completion"
+    anchor = "start" if funnel.anchor is Anchor.START else "completion"
     sign = "−" if definition.offset < timedelta(0) else "+"
     hours = abs(definition.offset.total_seconds()) / 3600
     amount = f"{hours / 24:g} d" if hours >= 48 else f"{hours:g} h"
@@ -95,16 +95,22 @@ class Timeline:
         self.shown_steps: set[int] = set()
 
     def poll(self) -> None:
+        # Final messages, and those held for the recipient's quiet hours (shown as "held").
         messages = (
             Message.objects.filter(registration_id__in=self.people)
-            .exclude(status__in=BUSY_MESSAGE).exclude(id__in=self.shown_messages).order_by("updated_at", "id")
+            .filter(~Q(status__in=BUSY_MESSAGE) | Q(status=Message.Status.QUEUED, claim_token=HELD))
+            .exclude(id__in=self.shown_messages).order_by("updated_at", "id")
         )
         for message in messages:
             self.shown_messages.add(message.pk)
             at = message.sent_at or message.updated_at
-            self._line(at, message.template_type, message.channel, message.registration_id, message.status, self._detail(message))
+            registration = message.registration_id or 0  # every demo message belongs to a registration
+            status = "held" if message.claim_token == HELD and message.status == Message.Status.QUEUED else message.status
+            self._line(at, message.template_type, message.channel, registration, status, self._detail(message))
         quiet_steps = (
-            Step.objects.filter(registration_id__in=self.people, status__in=[Step.Status.SKIPPED, Step.Status.CANCELLED, Step.Status.FAILED])
+            Step.objects.filter(
+                registration_id__in=self.people, status__in=[Step.Status.SKIPPED, Step.Status.CANCELLED, Step.Status.FAILED]
+            )
             .exclude(id__in=self.shown_steps).order_by("finished_at", "id")
         )
         for step in quiet_steps:
@@ -148,15 +154,17 @@ class Simulation:
         starts_at = self.started + (timedelta(hours=-1) if scenario == "post" else timedelta(days=2))
         self.enroll(starts_at)
         if scenario in ("pre", "all"):
-            self.drive(PRE_EVENT)
+            for funnel in started_by(Trigger.ENROLLED):
+                self.drive(funnel)
         if scenario in ("post", "all"):
             self.complete()
-            self.drive(POST_EVENT)
+            for funnel in started_by(Trigger.COMPLETED):
+                self.drive(funnel)
         self.summarize()
 
     def _send(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Through the event API's own code path: the demo is what a producer would do.
-        return handle_events(events)["results"]
+        return handle_payload(events)["results"]
 
     def enroll(self, starts_at: datetime) -> None:
         events = [
@@ -170,12 +178,13 @@ class Simulation:
             for p in PEOPLE
         ]
         results = self._send(events)
-        for person, result in zip(PEOPLE, results):
+        for person, result in zip(PEOPLE, results, strict=True):
             self.registrations[person.key] = Registration.objects.get(external_id=result["registrationId"])
         people = {self.registrations[p.key].pk: p.name for p in PEOPLE}
         self.timeline = Timeline(self.out, self.started, people)
         planned = sum(r["stepsPlanned"] for r in results)
-        when = f"starts in {human(starts_at - self.started)}" if starts_at > self.started else f"started {human(starts_at - self.started)} ago"
+        gap = human(starts_at - self.started)
+        when = f"starts in {gap}" if starts_at > self.started else f"started {gap} ago"
         self.out.write(f"\nevent.enrolled ×{len(results)}: the demo event {when}; {planned} pre-event steps planned")
 
     def complete(self) -> None:
@@ -223,11 +232,12 @@ class Simulation:
 
     def wait_until_done(self, steps: QuerySet[Step], what: str) -> None:
         deadline = time.monotonic() + self.timeout
+        assert self.timeline is not None, "enroll() starts the timeline"
         while True:
             self.timeline.poll()
             busy = steps.filter(status__in=BUSY_STEP).exists() or Message.objects.filter(
                 step__in=steps, status__in=BUSY_MESSAGE
-            ).exists()
+            ).exclude(claim_token=HELD).exists()  # held for quiet hours: it goes in the morning
             if not busy:
                 self.timeline.poll()
                 return

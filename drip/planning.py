@@ -1,4 +1,5 @@
-"""Turning a funnel table into Step rows: plan, re-plan, cancel."""
+"""Turning funnel tables into Step rows: plan, re-plan, cancel. Funnels come from the
+registry (drip.funnels); which ones apply follows from their trigger and anchor."""
 from __future__ import annotations
 
 import logging
@@ -6,17 +7,14 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max
 from django.utils import timezone
 
-from drip.models import Event, Message, Registration, Step
-from drip.scheduler import schedule_steps
+from .funnels import Anchor, Funnel, FunnelStep, Trigger, registered, scaled, started_by
+from .models import Event, Message, Registration, Step, StepQuerySet
+from .scheduler import schedule_steps
 
-from .funnels import PRE_EVENT, Funnel, FunnelStep, scaled
-
-log = logging.getLogger("campaigns.planning")
-# The pre-event steps tied to the start time (the welcome is not: it renders the current one).
-TIMED_KEYS = tuple(d.key for d in PRE_EVENT.steps if d.offset is not None)
+log = logging.getLogger("drip.planning")
 
 
 def build_step(
@@ -37,53 +35,75 @@ def build_step(
     return step
 
 
-def plan_pre_event_steps(registration: Registration, now: datetime | None = None) -> list[Step]:
-    """Plan the pre-event funnel for a new registration (the `event.enrolled` start)."""
+def start_anchored() -> tuple[Funnel, ...]:
+    """The funnels counted from the event's start: a reschedule moves them."""
+    return tuple(f for f in registered() if f.anchor is Anchor.START)
+
+
+def plan_enrollment(registration: Registration, now: datetime | None = None, keys: Iterable[str] | None = None) -> list[Step]:
+    """Plan the funnels an enrollment starts (the pre-event funnel). `keys` limits the plan
+    to those steps (a re-enrollment plans only what it has not been sent), each as the next
+    plan version of its key."""
     now = now or timezone.now()
     event = registration.event
-    if registration.status != Registration.Status.ACTIVE or event.status != Event.Status.SCHEDULED:
-        return []
-    if event.starts_at <= now:
-        log.info("late enrollment: event already started, no pre-event step planned [registration=%s]", registration.pk)
-        return []
-    steps = [build_step(PRE_EVENT, d, registration.pk, event.starts_at, now) for d in PRE_EVENT.steps]
-    with transaction.atomic():
-        created = schedule_steps(steps)
+    created: list[Step] = []
+    for funnel in started_by(Trigger.ENROLLED):
+        anchor = funnel.anchor_of(event)
+        if registration.status != Registration.Status.ACTIVE or event.status != funnel.requires or anchor is None:
+            continue
+        if funnel.anchor is Anchor.START and anchor <= now:
+            log.info("late enrollment: event already started, no %s step planned [registration=%s]", funnel.name, registration.pk)
+            continue
+        wanted = [d for d in funnel.steps_for(funnel.branch_for(registration)) if keys is None or d.key in keys]
+        versions = _latest_versions([registration.pk]) if keys is not None else {}
+        steps = [
+            build_step(funnel, d, registration.pk, anchor, now, versions.get((registration.pk, d.key), 0) + 1)
+            for d in wanted
+        ]
+        with transaction.atomic():
+            created += schedule_steps(steps)
     _log_plan(created)
     return created
 
 
-def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
-    """The event moved: every pre-event step that has not yet reached a recipient is
-    cancelled and planned again, as a new plan version, for the new start.
+def replan_for_new_start(event: Event, now: datetime | None = None) -> list[Step]:
+    """The event moved: every step of a start-anchored funnel that has not yet reached a
+    recipient is cancelled and planned again, as a new plan version, for the new start.
 
     That is the open steps, a step running right now (its run finishes only steps it still
-    holds, locked, as "running", so it leaves this one alone), a step done for the old start whose messages
-    are all still queued (they are skipped here), and a step skipped for the old start (past
-    due when planned, say): a later start may leave time for it. What was sent stays sent."""
+    holds, locked, as "running", so it leaves this one alone), a step done for the old start
+    whose messages are all still queued (they are skipped here), and a step skipped for the
+    old start (past due when planned, say): a later start may leave time for it. What was
+    sent stays sent."""
     now = now or timezone.now()
+    created: list[Step] = []
+    for funnel in start_anchored():
+        created += _replan(funnel, event, now)
+    return created
+
+
+def _replan(funnel: Funnel, event: Event, now: datetime) -> list[Step]:
     reason = f"event rescheduled to {event.starts_at.isoformat()}: re-planned"
     with transaction.atomic():
         # Lock only the step rows: locking the joined registrations too would take locks in
         # the opposite order to a concurrent registration cancel, and could deadlock.
+        of_event = Step.objects.filter(registration__event=event, funnel=funnel.name)
         unfinished = list(
-            Step.objects.select_for_update(of=("self",))
-            .filter(registration__event=event, funnel=PRE_EVENT.name, status__in=[*Step.OPEN, Step.Status.RUNNING])
+            of_event.select_for_update(of=("self",))
+            .filter(status__in=[*Step.OPEN, Step.Status.RUNNING])
             .values_list("id", "registration_id", "key")
         )
-        Step.objects.filter(id__in=[s[0] for s in unfinished], status__in=[*Step.OPEN, Step.Status.RUNNING]).update(
-            status=Step.Status.CANCELLED, finished_at=now, reason=reason
-        )
-        undelivered = _done_but_undelivered(event, reason)
-        to_replan = unfinished + undelivered + _skipped_for_an_old_start(event)
+        Step.objects.filter(id__in=[s[0] for s in unfinished]).cancel_unfinished(reason, now)
+        undelivered = _done_but_undelivered(funnel, event, reason)
+        to_replan = unfinished + undelivered + _skipped_for_an_old_start(funnel, event)
         if not to_replan:
             return []
-        if event.starts_at <= now or event.status != Event.Status.SCHEDULED:
+        if event.starts_at <= now or event.status != funnel.requires:
             log.info("event %s rescheduled into the past: %d steps cancelled", event.pk, len(to_replan))
             return []
         versions = _latest_versions(s[1] for s in to_replan)
         steps = [
-            build_step(PRE_EVENT, PRE_EVENT.step(key), reg_id, event.starts_at, now, versions[(reg_id, key)] + 1)
+            build_step(funnel, funnel.step(key), reg_id, event.starts_at, now, versions[(reg_id, key)] + 1)
             for _, reg_id, key in to_replan
         ]
         created = schedule_steps(steps)
@@ -91,13 +111,13 @@ def replan_pre_event(event: Event, now: datetime | None = None) -> list[Step]:
     return created
 
 
-def _done_but_undelivered(event: Event, reason: str) -> list[tuple[int, int, str]]:
+def _done_but_undelivered(funnel: Funnel, event: Event, reason: str) -> list[tuple[int, int, str]]:
     """Steps done for an old start with messages that have not reached a provider: those
     messages are withdrawn (they name the old time), and the steps none of whose messages
     reached anyone are planned again. The welcome is not tied to the start (it renders the
     current one), so it is left to go out."""
     rows = list(
-        Step.objects.filter(registration__event=event, funnel=PRE_EVENT.name, status=Step.Status.DONE, key__in=TIMED_KEYS)
+        Step.objects.filter(registration__event=event, funnel=funnel.name, status=Step.Status.DONE, key__in=funnel.timed_keys)
         .exclude(anchor_at=event.starts_at)
         .filter(id__in=Message.objects.unsent().values("step_id"))
         .values_list("id", "registration_id", "key")
@@ -111,14 +131,14 @@ def _done_but_undelivered(event: Event, reason: str) -> list[tuple[int, int, str
     return [r for r in rows if r[0] not in delivered]
 
 
-def _skipped_for_an_old_start(event: Event) -> list[tuple[int, int, str]]:
+def _skipped_for_an_old_start(funnel: Funnel, event: Event) -> list[tuple[int, int, str]]:
     """The latest plan of a timed step, skipped for an old start without reaching anyone
     (it was past due when planned, or expired): planned again, it is skipped again if the
     new start leaves no time for it either."""
     rows = list(
         Step.objects.filter(
-            registration__event=event, registration__status=Registration.Status.ACTIVE, funnel=PRE_EVENT.name,
-            status=Step.Status.SKIPPED, key__in=TIMED_KEYS,
+            registration__event=event, registration__status=Registration.Status.ACTIVE, funnel=funnel.name,
+            status=Step.Status.SKIPPED, key__in=funnel.timed_keys,
         )
         .exclude(anchor_at=event.starts_at)
         .annotate(sent=Count("messages"))
@@ -138,13 +158,11 @@ def _latest_versions(registration_ids: Iterable[int]) -> dict[tuple[int, str], i
     return {(r["registration_id"], r["key"]): r["latest"] for r in rows}
 
 
-def cancel_open_steps(steps: QuerySet[Step], reason: str, now: datetime | None = None) -> int:
-    """Cancel every pending or enqueued step of the queryset (running ones re-validate
-    anyway), and withdraw their messages that have not reached the provider yet."""
+def cancel_steps(steps: StepQuerySet, reason: str, now: datetime | None = None) -> int:
+    """Cancel every open step of the queryset (running ones re-validate anyway), and
+    withdraw their messages that have not reached the provider yet."""
     Message.objects.filter(step__in=steps).withdraw(reason)
-    return steps.filter(status__in=Step.OPEN).update(
-        status=Step.Status.CANCELLED, reason=reason, finished_at=now or timezone.now()
-    )
+    return steps.cancel_open(reason, now or timezone.now())
 
 
 def _log_plan(steps: list[Step]) -> None:

@@ -1,5 +1,6 @@
-"""Completing an event: attendance in, pre-event steps out, the post-event funnel planned
-in bulk (one INSERT per batch, no per-registration round trips), all in one transaction."""
+"""Completing an event: attendance in, the steps that need a scheduled event out, the funnels
+a completion starts planned in bulk (one INSERT per funnel step, no per-registration round
+trips), all in one transaction."""
 from __future__ import annotations
 
 import logging
@@ -12,22 +13,15 @@ from django.db.models import Max
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from drip.models import Event, Registration, Step
-from drip.scheduler import CLAIM_BATCH, claim_due_steps, horizon, schedule_steps
+from .errors import FieldError
+from .funnels import ATTENDED, NO_SHOW, Funnel, Trigger, registered, started_by
+from .models import Event, Registration, Step
+from .planning import build_step, cancel_steps
+from .publish import batches
+from .scheduler import claim_soon, horizon, schedule_steps
 
-from .funnels import ATTENDED, NO_SHOW, POST_EVENT, PRE_EVENT
-from .planning import build_step, cancel_open_steps
-
-log = logging.getLogger("campaigns.completion")
-BATCH = 5000
-
-
-class CompletionError(ValueError):
-    """Bad input for a completion; `field` names the culprit (API: camelCase)."""
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+log = logging.getLogger("drip.completion")
+BATCH = 5000  # ids per statement: SQLite caps the parameters of one
 
 
 @dataclass
@@ -58,7 +52,7 @@ def resolve_attendees(event: Event, registration_ids: Iterable[str] = (), emails
     found = dict(Registration.objects.filter(event=event, external_id__in=wanted_ids).values_list("external_id", "pk"))
     unknown = sorted(wanted_ids - found.keys())
     if unknown:
-        raise CompletionError(f"unknown registration id(s) for event {event.external_id}: {', '.join(unknown[:10])}", "attendedRegistrationIds")
+        raise FieldError(f"unknown registration id(s) for event {event.external_id}: {', '.join(unknown[:10])}", "attendedRegistrationIds")
     by_email: dict[str, int] = {}
     if wanted_emails:
         rows = (
@@ -70,13 +64,13 @@ def resolve_attendees(event: Event, registration_ids: Iterable[str] = (), emails
         by_email = dict(rows)
         missing = sorted(wanted_emails - by_email.keys())
         if missing:
-            raise CompletionError(f"no registration for event {event.external_id} with email(s): {', '.join(missing[:10])}", "attendedCsv")
+            raise FieldError(f"no registration for event {event.external_id} with email(s): {', '.join(missing[:10])}", "attendedCsv")
     return set(found.values()) | set(by_email.values())
 
 
 def complete_event(
     event: Event,
-    attended: set[int] = frozenset(),
+    attended: Iterable[int] = (),
     completed_at: datetime | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -91,7 +85,7 @@ def complete_event(
         summary.completed_at = event.completed_at or completed_at
         return summary
     if event.status == Event.Status.CANCELLED:
-        raise CompletionError(f"event {event.external_id} is cancelled and cannot be completed", "eventId")
+        raise FieldError(f"event {event.external_id} is cancelled and cannot be completed", "eventId")
     with transaction.atomic():
         locked = Event.objects.select_for_update().get(pk=event.pk)
         if locked.status == Event.Status.COMPLETED:  # a concurrent completion won
@@ -106,32 +100,34 @@ def complete_event(
     return summary
 
 
-def _plan_all(event: Event, attended: set[int], completed_at: datetime, now: datetime,
+def _plan_all(event: Event, attended: Iterable[int], completed_at: datetime, now: datetime,
               summary: CompletionSummary, progress: Callable[[int, int], None] | None) -> None:
-    ids = sorted(attended)
-    for start in range(0, len(ids), BATCH):  # SQLite caps the parameters of one statement
-        Registration.objects.filter(pk__in=ids[start : start + BATCH]).update(attended=True)
-    # Saved through the ORM's update so the Event signals (reschedule/cancel) stay out of it.
+    for batch in batches(sorted(attended), BATCH):
+        Registration.objects.filter(pk__in=batch).update(attended=True)
     Event.objects.filter(pk=event.pk).update(status=Event.Status.COMPLETED, completed_at=completed_at)
-    summary.pre_event_cancelled = cancel_open_steps(
-        Step.objects.filter(registration__event=event, funnel=PRE_EVENT.name), "event completed", now
+    # Steps that need a scheduled event (the pre-event reminders) can no longer run.
+    before = [f.name for f in registered() if f.requires == Event.Status.SCHEDULED]
+    summary.pre_event_cancelled = cancel_steps(
+        Step.objects.filter(registration__event=event, funnel__in=before), "event completed", now
     )
     active = Registration.objects.filter(event=event, status=Registration.Status.ACTIVE)
     summary.branches[ATTENDED] = active.filter(attended=True).count()
     summary.branches[NO_SHOW] = active.count() - summary.branches[ATTENDED]
     total = sum(summary.branches.values())
-    for n, definition in enumerate(POST_EVENT.steps, 1):
-        template = build_step(POST_EVENT, definition, 0, completed_at, now)
-        inserted = _insert_for_branch(event, template, definition.branch, now)
+    funnels = started_by(Trigger.COMPLETED)
+    planned = [(f, d) for f in funnels for d in f.steps]
+    for n, (funnel, definition) in enumerate(planned, 1):
+        template = build_step(funnel, definition, 0, completed_at, now)
+        inserted = _insert_for_branch(event, template, funnel, definition.branch, now)
         if template.status == Step.Status.PENDING and inserted:
             summary.steps_planned += inserted
             summary.first_due = min(filter(None, (summary.first_due, template.due_at)))
         if progress:
-            progress(total * n // len(POST_EVENT.steps), total)
-    _enqueue_due_soon(event, now)
+            progress(total * n // len(planned), total)
+    _enqueue_due_soon(event, [f.name for f in funnels], now)
 
 
-def _insert_for_branch(event: Event, template: Step, branch: str, now: datetime) -> int:
+def _insert_for_branch(event: Event, template: Step, funnel: Funnel, branch: str, now: datetime) -> int:
     """One INSERT ... SELECT writes this step for every active registration of the branch.
 
     Every registration of a branch gets the same due time, status and reason, so the rows
@@ -139,39 +135,42 @@ def _insert_for_branch(event: Event, template: Step, branch: str, now: datetime)
     cost six statements instead of 300,000 Python objects. The template comes from
     build_step, so the rules live in one place."""
     columns, values, params = [], [], []
-    for field in Step._meta.concrete_fields:
-        if field.primary_key:
+    for column in Step._meta.concrete_fields:
+        if column.primary_key:
             continue
-        columns.append(connection.ops.quote_name(field.column))
-        if field.attname == "registration_id":
+        columns.append(connection.ops.quote_name(str(column.column)))
+        if column.attname == "registration_id":
             values.append("r.id")
             continue
-        value = now if field.attname == "created_at" else getattr(template, field.attname)
+        value = now if column.attname == "created_at" else getattr(template, column.attname)
         values.append("%s")
-        params.append(field.get_db_prep_save(value, connection))
-    attended_test = "r.attended IS TRUE" if branch == ATTENDED else "r.attended IS NOT TRUE"  # unknown = no-show
+        params.append(column.get_db_prep_save(value, connection))
     sql = (
         f"INSERT INTO {connection.ops.quote_name(Step._meta.db_table)} ({', '.join(columns)}) "
         f"SELECT {', '.join(values)} FROM {connection.ops.quote_name(Registration._meta.db_table)} r "
-        f"WHERE r.event_id = %s AND r.status = %s AND {attended_test}"
+        f"WHERE r.event_id = %s AND r.status = %s{_branch_test(funnel, branch)}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, event.pk, Registration.Status.ACTIVE])
         return cursor.rowcount
 
 
-def _enqueue_due_soon(event: Event, now: datetime) -> None:
+def _branch_test(funnel: Funnel, branch: str) -> str:
+    if not funnel.by_attendance:
+        return ""
+    return " AND r.attended IS TRUE" if branch == ATTENDED else " AND r.attended IS NOT TRUE"  # unknown = no-show
+
+
+def _enqueue_due_soon(event: Event, funnels: list[str], now: datetime) -> None:
     """Steps already inside the enqueue horizon (a completion entered late, or a large
     DRIP_TIME_SCALE) go to Celery now rather than at the dispatcher's next tick."""
     due_soon = Step.objects.filter(
-        registration__event=event, funnel=POST_EVENT.name, status=Step.Status.PENDING, due_at__lte=horizon(now)
+        registration__event=event, funnel__in=funnels, status=Step.Status.PENDING, due_at__lte=horizon(now)
     )
-    ids = list(due_soon.values_list("id", flat=True))
-    for start in range(0, len(ids), CLAIM_BATCH):
-        claim_due_steps(now, ids=ids[start : start + CLAIM_BATCH])
+    claim_soon(list(due_soon.values_list("id", flat=True)), now)
 
 
-def replan_post_event(registration: Registration, now: datetime | None = None) -> list[Step]:
+def replan_for_attendance(registration: Registration, now: datetime | None = None) -> list[Step]:
     """Attendance changed after completion: the other branch's open steps are cancelled and
     whatever this branch lacks is planned from the same completion time (past-due steps
     skipped). Steps of this branch already done or still open are kept, so flipping twice
@@ -180,15 +179,22 @@ def replan_post_event(registration: Registration, now: datetime | None = None) -
     event = Event.objects.get(pk=registration.event_id)  # the cached one may predate completion
     if event.status != Event.Status.COMPLETED or registration.status != Registration.Status.ACTIVE:
         return []
-    branch = POST_EVENT.branch_for(registration)
-    keys = [d.key for d in POST_EVENT.steps_for(branch)]
+    created: list[Step] = []
+    for funnel in started_by(Trigger.COMPLETED):
+        if funnel.by_attendance:
+            created += _replan_branch(funnel, registration, event, now)
+    return created
+
+
+def _replan_branch(funnel: Funnel, registration: Registration, event: Event, now: datetime) -> list[Step]:
+    branch = funnel.branch_for(registration)
+    keys = [d.key for d in funnel.steps_for(branch)]
     with transaction.atomic():
-        post_steps = Step.objects.filter(registration=registration, funnel=POST_EVENT.name)
-        cancel_open_steps(post_steps.exclude(key__in=keys), f"attendance changed: now {branch}", now)
-        kept = set(post_steps.filter(key__in=keys).exclude(status=Step.Status.CANCELLED).values_list("key", flat=True))
-        missing = [d for d in POST_EVENT.steps_for(branch) if d.key not in kept]
-        if not missing:
+        steps = Step.objects.filter(registration=registration, funnel=funnel.name)
+        cancel_steps(steps.exclude(key__in=keys), f"attendance changed: now {branch}", now)
+        kept = set(steps.filter(key__in=keys).exclude(status=Step.Status.CANCELLED).values_list("key", flat=True))
+        missing = [d for d in funnel.steps_for(branch) if d.key not in kept]
+        if not missing or event.completed_at is None:
             return []
-        version = (post_steps.aggregate(v=Max("plan_version"))["v"] or 0) + 1
-        steps = [build_step(POST_EVENT, d, registration.pk, event.completed_at, now, version) for d in missing]
-        return schedule_steps(steps)
+        version = (steps.aggregate(v=Max("plan_version"))["v"] or 0) + 1
+        return schedule_steps([build_step(funnel, d, registration.pk, event.completed_at, now, version) for d in missing])

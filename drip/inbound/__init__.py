@@ -1,0 +1,1 @@
+"""What Drip hears back: unsubscribes, delivery reports (email and SMS), inbound SMS."""

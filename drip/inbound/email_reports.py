@@ -1,0 +1,127 @@
+"""Email delivery reports through anymail's tracking webhooks (`/anymail/<esp>/tracking/`):
+anymail checks basic auth and normalizes each ESP's payload; this turns the normalized event
+into a Report for the Message it is about."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from anymail.signals import AnymailTrackingEvent, EventType, RejectReason
+from anymail.utils import get_anymail_setting
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.urls import URLPattern
+from django.utils import timezone
+
+from ..models import Channel, DeliveryReport, Message
+from .reports import Report, record_report
+
+log = logging.getLogger("drip.inbound")
+Kind = DeliveryReport.Kind
+
+# The key of the Message id in the anymail metadata of every email (drip/channels.py).
+METADATA_KEY = "drip_message_id"
+
+KINDS = {
+    EventType.QUEUED: Kind.QUEUED,
+    EventType.SENT: Kind.SENT,
+    EventType.DELIVERED: Kind.DELIVERED,
+    EventType.OPENED: Kind.OPENED,
+    EventType.CLICKED: Kind.CLICKED,
+    EventType.DEFERRED: Kind.DEFERRED,
+    EventType.COMPLAINED: Kind.COMPLAINED,
+    EventType.UNSUBSCRIBED: Kind.UNSUBSCRIBED,
+    EventType.SUBSCRIBED: Kind.SUBSCRIBED,
+    EventType.REJECTED: Kind.REJECTED,
+    EventType.FAILED: Kind.FAILED,
+    EventType.BOUNCED: Kind.BOUNCED,
+}
+# An ESP that refuses to send for these reasons refuses for the address itself.
+SUPPRESSING_REJECTIONS = {RejectReason.BOUNCED, RejectReason.SPAM, RejectReason.UNSUBSCRIBED, RejectReason.INVALID}
+
+
+def on_tracking(sender: object, event: AnymailTrackingEvent, esp_name: str, **kwargs: Any) -> None:
+    """anymail.signals.tracking receiver (connected in DripConfig.ready)."""
+    message = find_message(event)
+    if message is None:
+        # Mail sent by something else through the same ESP account, or long purged: say so
+        # and answer 200 (anymail does), or the ESP retries it for days.
+        log.warning("%s %s report for an unknown message (provider id %s, metadata %s); ignored",
+                    esp_name, event.event_type, event.message_id, event.metadata)
+        return
+    record_report(message, report_from(event, esp_name))
+
+
+def find_message(event: AnymailTrackingEvent) -> Message | None:
+    emails = Message.objects.filter(channel=Channel.EMAIL).select_related("contact")
+    raw_id = str((event.metadata or {}).get(METADATA_KEY, ""))
+    if raw_id.isdigit():
+        found = emails.filter(pk=int(raw_id)).first()
+        if found is not None:
+            return found
+    if event.message_id:
+        return emails.filter(provider_message_id=str(event.message_id)).first()
+    return None
+
+
+def report_from(event: AnymailTrackingEvent, esp_name: str) -> Report:
+    esp = event.esp_event if isinstance(event.esp_event, dict) else {}
+    kind = KINDS.get(event.event_type, Kind.OTHER)
+    if kind == Kind.BOUNCED and not is_hard_bounce(event, esp_name):
+        kind = Kind.SOFT_BOUNCED
+    provider = esp_name.lower().replace(" ", "_")
+    return Report(
+        channel=Channel.EMAIL, kind=kind, provider=provider,
+        occurred_at=event.timestamp or timezone.now(), event_id=str(event.event_id or ""),
+        detail=describe(event, esp), payload=esp or repr(event.esp_event),
+        suppress=f"{provider}:{esp.get('Type') or esp.get('SuppressionReason') or kind}" if suppresses(event, kind) else "",
+        address=event.recipient or "",
+    )
+
+
+def is_hard_bounce(event: AnymailTrackingEvent, esp_name: str) -> bool:
+    """anymail maps Postmark's soft bounces to "bounced" too; Postmark's own fields tell
+    them apart: a HardBounce, an address Postmark made inactive, or a suppression change."""
+    if esp_name != "Postmark":
+        return True  # the other ESPs report soft bounces as "deferred"
+    esp = event.esp_event if isinstance(event.esp_event, dict) else {}
+    return esp.get("Type") == "HardBounce" or esp.get("Inactive") is True or esp.get("RecordType") == "SubscriptionChange"
+
+
+def suppresses(event: AnymailTrackingEvent, kind: str) -> bool:
+    if kind in (Kind.BOUNCED, Kind.COMPLAINED, Kind.UNSUBSCRIBED):
+        return True
+    return kind == Kind.REJECTED and event.reject_reason in SUPPRESSING_REJECTIONS
+
+
+def describe(event: AnymailTrackingEvent, esp: dict[str, Any]) -> str:
+    parts = [esp.get("Type") or esp.get("SuppressionReason") or "", event.description or "", event.mta_response or ""]
+    if event.click_url:
+        parts.append(event.click_url)
+    return "; ".join(str(p) for p in parts if p)
+
+
+def require_webhook_secret(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """anymail only warns when WEBHOOK_SECRET is unset and then accepts anyone's report;
+    a forged bounce would suppress a real recipient, so no secret means no webhook."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not get_anymail_setting("webhook_secret", default=None):
+            log.error("anymail webhook refused: set ANYMAIL_WEBHOOK_SECRET (user:password) to accept reports")
+            return HttpResponseForbidden("ANYMAIL_WEBHOOK_SECRET is not configured")
+        return view(request, *args, **kwargs)
+
+    return guarded
+
+
+def anymail_urlpatterns() -> list[URLPattern]:
+    """anymail's own URLs (`anymail.urls`), each view behind `require_webhook_secret`."""
+    from anymail import urls
+
+    return [
+        URLPattern(p.pattern, require_webhook_secret(p.callback), p.default_args, p.name)
+        for p in urls.urlpatterns
+        if isinstance(p, URLPattern)
+    ]

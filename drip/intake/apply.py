@@ -1,0 +1,274 @@
+"""Applying parsed intake messages: each one calls the domain services, and the answer for
+the producer (camelCase, one result per message, in order) is built here.
+
+A batch is all or nothing: one transaction, in order, so a message may refer to a row an
+earlier one in the same batch created. Anything refused (an unknown id) rolls the whole batch
+back; tasks are enqueued on commit only, so none of it ever runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.db import IntegrityError, OperationalError, transaction
+
+from drip import services
+from drip.consent import ConsentChange, has_consent, record_consent
+from drip.direct import send_direct
+from drip.errors import FieldError, shown
+from drip.funnels import Anchor, registered
+from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
+from drip.rendering import RenderError, render_message
+
+from .parse import ParsedEvent, parse_events, parse_json
+from .schema import Completion, DirectSend, Enrollment, EventCancellation, EventData, RegistrationCancellation, Reschedule
+
+log = logging.getLogger("drip.intake")
+ATTEMPTS = 3  # of the batch's transaction, when it collides with a concurrent one
+Result = dict[str, Any]
+Data = TypeVar("Data", bound=EventData)
+
+
+def handle_body(raw: bytes | str) -> Result:
+    return handle_payload(parse_json(raw))
+
+
+def handle_payload(payload: Any) -> Result:
+    """Validate and apply already-decoded JSON; returns the 202 body or raises FieldError."""
+    results = apply_all(parse_events(payload))
+    return {"accepted": len(results), "results": results}
+
+
+def apply_all(events: list[ParsedEvent]) -> list[Result]:
+    """All or nothing: one transaction; a FieldError rolls back every message of the batch."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                return [APPLY[event.name](event) for event in events]
+        # IntegrityError: a concurrent request created the same contact, event or
+        # registration and committed first; on the next attempt this one matches its rows.
+        # OperationalError: a deadlock (PostgreSQL) or "database is locked" (SQLite, where a
+        # worker's write makes a reading transaction's first write fail at once).
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == ATTEMPTS:
+                raise
+            log.warning("intake batch collided with a concurrent write (attempt %d): %s", attempt, exc)
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _data(p: ParsedEvent, kind: type[Data]) -> Data:
+    """The parsed data, as the model its name was parsed with."""
+    assert isinstance(p.data, kind), (p.name, type(p.data))
+    return p.data
+
+
+def _under(event: ParsedEvent, call: Callable[[], Result]) -> Result:
+    """Run a service call; a FieldError it raises names the field under this message's path."""
+    try:
+        return call()
+    except FieldError as exc:
+        raise exc.under(event.at) from None
+
+
+def _event_by_id(external_id: str, field: str) -> Event:
+    # Locked: two producers changing one event at once apply one after the other.
+    event = Event.objects.select_for_update().filter(external_id=external_id).first()
+    if event is None:
+        raise FieldError(f"unknown event {shown(external_id)}", field)
+    return event
+
+
+# --- event.enrolled ---------------------------------------------------------------------
+
+
+def enrolled(p: ParsedEvent) -> Result:
+    """Upsert contact, event and registration, then enroll: a new registration starts the
+    pre-event funnel, the same registrationId again matches it and plans nothing, a
+    cancelled one is reactivated."""
+    e = _data(p, Enrollment)
+    given = {
+        "email": e.contact_email, "phone": e.contact_phone, "first_name": e.first_name,
+        "last_name": e.last_name, "timezone": e.timezone,
+    }
+    contact, contact_state = services.upsert_contact(e.contact_id, {k: v for k, v in given.items() if v is not None})
+    consent, refused = _record_consent(contact, p)
+    event, event_state = _upsert_event(p)
+    enrollment = _registration(p, contact, event)
+    result = {
+        "name": "event.enrolled", "contactId": contact.external_id, "eventId": event.external_id,
+        "registrationId": enrollment.registration.external_id, "contact": contact_state, "event": event_state,
+        "registration": enrollment.state, "eventStatus": event.status,
+        "registrationStatus": enrollment.registration.status, "stepsPlanned": enrollment.steps_planned, "consent": consent,
+    }
+    if refused:
+        result["consentRefused"] = refused
+    return result
+
+
+def _record_consent(contact: Contact, p: ParsedEvent) -> tuple[dict[str, bool], dict[str, str]]:
+    """The consent in force per channel and, per channel, why a grant was refused."""
+    changes: dict[str, ConsentChange] = {}
+    e = _data(p, Enrollment)
+    for channel, wanted in ((Channel.EMAIL, e.email_consent), (Channel.SMS, e.sms_consent)):
+        if wanted is not None:
+            changes[channel] = record_consent(contact, channel, wanted, ConsentRecord.Source.API, detail="api:event.enrolled")
+    consent = {
+        channel: changes[channel].granted if channel in changes else has_consent(contact, channel)
+        for channel in Channel.values
+    }
+    refused = {channel: change.refusal() for channel, change in changes.items() if change.refusal()}
+    return consent, refused
+
+
+def _upsert_event(p: ParsedEvent) -> tuple[Event, str]:
+    e = _data(p, Enrollment)
+    defaults = {"title": e.event_title, "starts_at": e.scheduled_at, "timezone": e.timezone or "UTC", "join_url": e.join_url or ""}
+    event, created = Event.objects.get_or_create(external_id=e.event_id, defaults=defaults)
+    if created:
+        return event, "created"
+    event = Event.objects.select_for_update().get(pk=event.pk)
+    changed = {}
+    if event.title != e.event_title:
+        changed["title"] = e.event_title
+    if e.join_url is not None and event.join_url != e.join_url:
+        changed["join_url"] = e.join_url
+    if changed:
+        Event.objects.filter(pk=event.pk).update(**changed)
+        for name, value in changed.items():
+            setattr(event, name, value)
+    if event.starts_at == e.scheduled_at:
+        return event, "updated" if changed else "matched"
+    if event.status != Event.Status.SCHEDULED:
+        raise FieldError(f"event {shown(e.event_id)} is {event.status}: its start can no longer change", p.path("scheduledAt"))
+    services.reschedule(event, e.scheduled_at)
+    return event, "rescheduled"
+
+
+def _registration(p: ParsedEvent, contact: Contact, event: Event) -> services.Enrolled:
+    e = _data(p, Enrollment)
+    existing = Registration.objects.select_related("contact", "event").filter(external_id=e.registration_id).first()
+    if existing is not None:
+        if existing.contact_id != contact.pk:
+            raise FieldError(
+                f"registration {shown(e.registration_id)} belongs to another contact ({shown(existing.contact.external_id)})",
+                p.path("registrationId"),
+            )
+        if existing.event_id != event.pk:
+            raise FieldError(
+                f"registration {shown(e.registration_id)} belongs to another event ({shown(existing.event.external_id)})",
+                p.path("registrationId"),
+            )
+    else:
+        other = Registration.objects.filter(contact=contact, event=event).first()
+        if other is not None:
+            raise FieldError(
+                f"contact {shown(e.contact_id)} is already registered for event {shown(e.event_id)}"
+                f" as registration {shown(other.external_id)}",
+                p.path("registrationId"),
+            )
+    return services.enroll(contact, event, e.registration_id)
+
+
+# --- the others -------------------------------------------------------------------------
+
+
+def completed(p: ParsedEvent) -> Result:
+    """What `manage.py complete_event` does: attendance, completion, the post-event funnel.
+    A second completion plans nothing and answers alreadyCompleted."""
+    e = _data(p, Completion)
+    event = _event_by_id(e.event_id, p.path("eventId"))
+    if e.event_title and e.event_title != event.title:
+        Event.objects.filter(pk=event.pk).update(title=e.event_title)
+        event.title = e.event_title
+
+    def complete() -> Result:
+        attended = services.resolve_attendees(event, e.attended_registration_ids)
+        summary = services.complete_event(event, attended, e.completed_at)
+        return {"name": "event.completed", **summary.as_dict()}
+
+    return _under(p, complete)
+
+
+def rescheduled(p: ParsedEvent) -> Result:
+    e = _data(p, Reschedule)
+    event = _event_by_id(e.event_id, p.path("eventId"))
+    moved = event.starts_at != e.scheduled_at
+    _under(p, lambda: {"planned": services.reschedule(event, e.scheduled_at)})
+    start_funnels = [f.name for f in registered() if f.anchor is Anchor.START]
+    planned = Step.objects.filter(
+        registration__event=event, funnel__in=start_funnels, status__in=Step.OPEN, anchor_at=event.starts_at
+    ).count()
+    return {
+        "name": "event.rescheduled", "eventId": event.external_id, "scheduledAt": event.starts_at.isoformat(),
+        "rescheduled": moved, "openPreEventSteps": planned,
+    }
+
+
+def event_cancelled(p: ParsedEvent) -> Result:
+    event = _event_by_id(_data(p, EventCancellation).event_id, p.path("eventId"))
+    result = {"name": "event.cancelled", "eventId": event.external_id, "alreadyCancelled": False, "stepsCancelled": 0}
+    if event.status == Event.Status.CANCELLED:
+        return {**result, "alreadyCancelled": True}
+    return _under(p, lambda: {**result, "stepsCancelled": services.cancel_event(event)})
+
+
+def registration_cancelled(p: ParsedEvent) -> Result:
+    external_id = _data(p, RegistrationCancellation).registration_id
+    registration = Registration.objects.select_for_update().filter(external_id=external_id).first()
+    if registration is None:
+        raise FieldError(f"unknown registration {shown(external_id)}", p.path("registrationId"))
+    result = {"name": "registration.cancelled", "registrationId": registration.external_id, "alreadyCancelled": False, "stepsCancelled": 0}
+    if registration.status == Registration.Status.CANCELLED:
+        return {**result, "alreadyCancelled": True}
+    return {**result, "stepsCancelled": services.cancel_registration(registration)}
+
+
+def message_send(p: ParsedEvent) -> Result:
+    e = _data(p, DirectSend)
+    contact = Contact.objects.filter(external_id=e.contact_id).first()
+    if contact is None:
+        raise FieldError(f"unknown contact {shown(e.contact_id)}", p.path("contactId"))
+    registration = None
+    if e.registration_id is not None:
+        registration = Registration.objects.select_related("event").filter(external_id=e.registration_id).first()
+        if registration is None:
+            raise FieldError(f"unknown registration {shown(e.registration_id)}", p.path("registrationId"))
+
+    def send() -> Result:
+        message, created = send_direct(
+            contact, e.channel, e.template_type, registration=registration, step_type=e.step_type or "",
+            idempotency_key=e.idempotency_key,
+        )
+        _check_renders(message)  # refused: the batch rolls back, and its task is never sent
+        return {
+            "name": "message.send", "messageId": message.pk, "created": created, "status": message.status,
+            "contactId": contact.external_id, "channel": message.channel, "templateType": message.template_type,
+        }
+
+    return _under(p, send)
+
+
+def _check_renders(message: Message) -> None:
+    """Render once now, so a template that needs an event (most do) fails here with a 400
+    rather than later in the worker."""
+    try:
+        render_message(message)
+    except RenderError as exc:
+        if message.registration_id is None:
+            raise FieldError(
+                f"template {shown(message.template_type)} needs an event: send a registrationId ({exc})", "registrationId"
+            ) from None
+        raise FieldError(f"template {shown(message.template_type)} cannot be rendered: {exc}", "templateType") from None
+
+
+APPLY: dict[str, Callable[[ParsedEvent], Result]] = {
+    "event.enrolled": enrolled,
+    "event.completed": completed,
+    "event.rescheduled": rescheduled,
+    "event.cancelled": event_cancelled,
+    "registration.cancelled": registration_cancelled,
+    "message.send": message_send,
+}

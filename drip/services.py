@@ -1,0 +1,143 @@
+"""The domain actions, called by every door: the event API and `send_event` (through
+drip.intake), the admin, the management commands. Nothing happens behind a `save()`: a
+funnel starts, moves or stops only when one of these is called.
+
+Each runs in the caller's transaction (or its own), and hands tasks to Celery only after
+commit, so a caller that rolls back leaves nothing running.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from .completion import CompletionSummary, complete_event, replan_for_attendance, resolve_attendees
+from .errors import FieldError, shown
+from .funnels import Trigger, started_by
+from .models import Contact, Event, Message, Registration, Step
+from .planning import cancel_steps, plan_enrollment, replan_for_new_start
+
+__all__ = [
+    "CompletionSummary", "Enrolled", "cancel_event", "cancel_registration", "complete_event", "enroll",
+    "reschedule", "resolve_attendees", "set_attendance", "upsert_contact",
+]
+log = logging.getLogger("drip.services")
+# A message in one of these reached (or may have reached) its provider: never sent again.
+REACHED = (Message.Status.SENDING, Message.Status.SENT, Message.Status.DELIVERED, Message.Status.BOUNCED)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    registration: Registration
+    state: str  # "created", "matched" or "reactivated"
+    steps_planned: int
+
+
+def enroll(contact: Contact, event: Event, external_id: str | None = None, now: datetime | None = None) -> Enrolled:
+    """Register the contact for the event and start the enrollment funnels. The same
+    registration again matches it and plans nothing; a cancelled one is reactivated."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        existing = Registration.objects.select_for_update().filter(contact=contact, event=event).first()
+        if existing is None:
+            fields: dict[str, Any] = {"external_id": external_id} if external_id else {}
+            registration = Registration.objects.create(contact=contact, event=event, **fields)
+            registration.event = event
+            return Enrolled(registration, "created", _open_count(plan_enrollment(registration, now)))
+        if existing.status == Registration.Status.ACTIVE:
+            return Enrolled(existing, "matched", 0)
+        return Enrolled(existing, "reactivated", _reactivate(existing, now))
+
+
+def _reactivate(registration: Registration, now: datetime) -> int:
+    """Active again, planning the enrollment steps that never reached the contact, as new
+    plan versions; what was sent is not sent again, and steps now past due are skipped."""
+    Registration.objects.filter(pk=registration.pk).update(status=Registration.Status.ACTIVE, cancelled_at=None)
+    registration.status, registration.cancelled_at = Registration.Status.ACTIVE, None
+    reached = set(
+        Message.objects.filter(registration=registration, status__in=REACHED, step__isnull=False)
+        .values_list("step__key", flat=True)
+    )
+    keys = [d.key for f in started_by(Trigger.ENROLLED) for d in f.steps if d.key not in reached]
+    return _open_count(plan_enrollment(registration, now, keys=keys))
+
+
+def _open_count(steps: list[Step]) -> int:
+    return sum(1 for s in steps if s.status in Step.OPEN)
+
+
+def reschedule(event: Event, starts_at: datetime, now: datetime | None = None) -> int:
+    """Move a scheduled event's start and re-plan its start-anchored steps. Returns how many
+    steps are planned for the new start."""
+    if event.status != Event.Status.SCHEDULED:
+        raise FieldError(f"event {shown(event.external_id)} is {event.status} and can no longer be rescheduled", "eventId")
+    with transaction.atomic():
+        if event.starts_at == starts_at:
+            return 0
+        Event.objects.filter(pk=event.pk).update(starts_at=starts_at, updated_at=timezone.now())
+        event.starts_at = starts_at
+        created = replan_for_new_start(event, now)
+    return _open_count(created)
+
+
+def cancel_event(event: Event, now: datetime | None = None) -> int:
+    """Cancel the event, its open steps and its unsent direct messages. Returns the number
+    of steps cancelled; cancelling twice cancels nothing more."""
+    if event.status == Event.Status.COMPLETED:
+        raise FieldError(
+            f"event {shown(event.external_id)} is completed and cannot be cancelled; "
+            "send registration.cancelled to stop a registration's follow-ups",
+            "eventId",
+        )
+    with transaction.atomic():
+        if not Event.objects.filter(pk=event.pk).exclude(status=Event.Status.CANCELLED).update(
+            status=Event.Status.CANCELLED, updated_at=timezone.now()
+        ):
+            return 0
+        event.status = Event.Status.CANCELLED
+        cancelled = cancel_steps(Step.objects.filter(registration__event=event), "event cancelled", now)
+        Message.objects.filter(registration__event=event, step__isnull=True).withdraw("event cancelled")
+    log.info("event %s cancelled: %d steps cancelled", event.external_id, cancelled)
+    return cancelled
+
+
+def cancel_registration(registration: Registration, now: datetime | None = None) -> int:
+    """Cancel the registration, all its open steps (pre and post) and its unsent direct
+    messages. Returns the number of steps cancelled."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        if not Registration.objects.filter(pk=registration.pk, status=Registration.Status.ACTIVE).update(
+            status=Registration.Status.CANCELLED, cancelled_at=now
+        ):
+            return 0
+        registration.status, registration.cancelled_at = Registration.Status.CANCELLED, now
+        cancelled = cancel_steps(Step.objects.filter(registration=registration), "registration cancelled", now)
+        Message.objects.filter(registration=registration, step__isnull=True).withdraw("registration cancelled")
+    return cancelled
+
+
+def set_attendance(registration: Registration, attended: bool | None) -> list[Step]:
+    """Record attendance; after completion, the registration moves to the other branch."""
+    with transaction.atomic():
+        changed = bool(registration.attended) != bool(attended)
+        Registration.objects.filter(pk=registration.pk).update(attended=attended)
+        registration.attended = attended
+        return replan_for_attendance(registration) if changed else []
+
+
+def upsert_contact(external_id: str, given: dict[str, Any]) -> tuple[Contact, str]:
+    """Create the contact, or change the fields given that differ. Returns the contact and
+    "created", "updated" or "matched"."""
+    contact, created = Contact.objects.get_or_create(external_id=external_id, defaults=given)
+    if created:
+        return contact, "created"
+    changed = [k for k, v in given.items() if getattr(contact, k) != v]
+    for name in changed:
+        setattr(contact, name, given[name])
+    if changed:
+        contact.save(update_fields=[*changed, "updated_at"])
+    return contact, "updated" if changed else "matched"

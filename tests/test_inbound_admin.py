@@ -1,0 +1,85 @@
+"""Inbound in the operator's admin: the SMS inbox and its opt-out action, delivery reports on
+a message's page, a contact's consent in force, and the "suppressed" filter."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from drip.consent import latest_record, record_consent
+from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, InboundSms, Message
+from tests.factories import make_contact
+
+
+def current(contact: Contact, channel: str) -> ConsentRecord:
+    """The record in force (there must be one)."""
+    record = latest_record(contact, channel)
+    assert record is not None
+    return record
+
+
+@pytest.fixture
+def operator(client, db):
+    user = get_user_model().objects.create_superuser("op", "op@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def test_record_as_opt_out_revokes_sms_for_the_number_as_the_recipients_own(operator):
+    contact = make_contact()
+    twin = make_contact(phone=contact.phone)
+    inbound = InboundSms.objects.create(from_number=contact.phone, body="please stop texting me", provider_sid="SM1")
+    page = operator.get("/admin/drip/inboundsms/")
+    assert page.status_code == 200 and "please stop texting me" in page.content.decode()
+    response = operator.post("/admin/drip/inboundsms/", {"action": "record_as_opt_out", "_selected_action": [inbound.pk]})
+    assert response.status_code == 302
+    for c in (contact, twin):
+        record = current(c, Channel.SMS)
+        expected = (False, ConsentRecord.Source.RECIPIENT, f"inbound-sms:{inbound.pk}")
+        assert (record.granted, record.source, record.detail) == expected
+        assert "admin:op" in record.reason and "please stop texting me" in record.reason
+        assert record.is_suppression  # an API grant cannot undo it
+    inbound.refresh_from_db()
+    assert (inbound.handled, inbound.opted_out, inbound.handled_by) == (True, True, "admin:op")
+
+
+def test_the_message_page_shows_its_delivery_reports(operator):
+    contact = make_contact()
+    message = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", to=contact.email,
+                                     status=Message.Status.BOUNCED, provider_message_id=str(uuid.uuid4()))
+    DeliveryReport.objects.create(message=message, channel=Channel.EMAIL, kind=DeliveryReport.Kind.BOUNCED,
+                                  occurred_at=timezone.now(), provider="postmark", dedupe_key="k1",
+                                  detail="HardBounce; mailbox not found", applied=True)
+    page = operator.get(f"/admin/drip/message/{message.pk}/change/")
+    assert page.status_code == 200 and "HardBounce; mailbox not found" in page.content.decode()
+
+
+def test_the_contact_page_shows_the_consent_in_force_and_its_suppressions(operator):
+    contact = make_contact()
+    record_consent(contact, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="twilio:STOP")
+    page = operator.get(f"/admin/drip/contact/{contact.pk}/change/").content.decode()
+    assert "sms: SUPPRESSED by The recipient (STOP, START, unsubscribe) (twilio:STOP)" in page
+    assert "email: granted by Event API / enrollment (test)" in page
+    assert "twilio:STOP" in page  # and in the history below
+
+
+def test_the_suppressed_filter(operator):
+    stopped = make_contact(external_id="stopped")
+    bounced = make_contact(external_id="bounced")
+    fine = make_contact(external_id="fine")
+    api_revoked = make_contact(external_id="api-revoked")
+    record_consent(stopped, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="twilio:STOP")
+    record_consent(bounced, Channel.EMAIL, False, ConsentRecord.Source.PROVIDER, detail="postmark:HardBounce")
+    record_consent(api_revoked, Channel.EMAIL, False, ConsentRecord.Source.API, detail="api")  # not a suppression
+
+    def listed(value: str) -> set[str]:
+        page = operator.get(f"/admin/drip/contact/?suppressed={value}").content.decode()
+        return {c.external_id for c in (stopped, bounced, fine, api_revoked) if f">{c.external_id}<" in page}
+
+    assert listed("sms") == {"stopped"}
+    assert listed("email") == {"bounced"}
+    assert listed("any") == {"stopped", "bounced"}
+    record_consent(stopped, Channel.SMS, True, ConsentRecord.Source.RECIPIENT, detail="twilio:START")
+    assert listed("sms") == set()
