@@ -22,6 +22,7 @@ from .scheduler import claim_soon, horizon, schedule_steps
 
 log = logging.getLogger("drip.completion")
 BATCH = 5000  # ids per statement: SQLite caps the parameters of one
+LINKS = ("recording_url", "slides_url")
 
 
 @dataclass
@@ -74,9 +75,14 @@ def complete_event(
     completed_at: datetime | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
+    links: dict[str, str] | None = None,
 ) -> CompletionSummary:
     """Mark attendance, complete the event, cancel its open pre-event steps and plan the
-    post-event funnel. Completing a completed event changes nothing and says so."""
+    post-event funnel. Completing a completed event changes nothing and says so. A completion
+    before the scheduled start is refused unless forced (a one-click mistake would cancel the
+    reminders and thank people for an event that has not happened). `links` may carry the
+    event's `recording_url` and `slides_url` for the post-event emails."""
     now = timezone.now()
     completed_at = completed_at or now
     summary = CompletionSummary(event.external_id, completed_at, dry_run)
@@ -86,11 +92,19 @@ def complete_event(
         return summary
     if event.status == Event.Status.CANCELLED:
         raise FieldError(f"event {event.external_id} is cancelled and cannot be completed", "eventId")
+    if completed_at < event.starts_at and not force:
+        raise FieldError(
+            f"completedAt {completed_at.isoformat()} is before the event's scheduled start {event.starts_at.isoformat()};"
+            " send force: true (--force) if it really ended before it was due to begin",
+            "completedAt",
+        )
     with transaction.atomic():
         locked = Event.objects.select_for_update().get(pk=event.pk)
         if locked.status == Event.Status.COMPLETED:  # a concurrent completion won
             summary.already_completed = True
             return summary
+        if links:
+            Event.objects.filter(pk=event.pk).update(**{k: v for k, v in links.items() if k in LINKS})
         _plan_all(locked, attended, completed_at, now, summary, progress)
         if dry_run:
             transaction.set_rollback(True)

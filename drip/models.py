@@ -101,6 +101,9 @@ class Event(models.Model):
     )
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
     join_url = models.URLField(max_length=500, blank=True)
+    # Given with the completion: the post-event emails link them, and promise nothing without.
+    recording_url = models.URLField(max_length=500, blank=True)
+    slides_url = models.URLField(max_length=500, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.SCHEDULED)
     completed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

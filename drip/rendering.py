@@ -78,6 +78,7 @@ def message_context(message: Message) -> dict[str, Any]:
         context["event"] = {
             "title": event.title, "starts_at": event.starts_at, "timezone": event.timezone,
             "join_url": event.join_url, "completed_at": event.completed_at,
+            "recording_url": event.recording_url, "slides_url": event.slides_url,
         }
         context["registration"] = {"id": registration.external_id, "attended": registration.attended}
         links["join"] = event.join_url

@@ -458,3 +458,19 @@ def test_the_schema_of_every_accepted_event_is_served_without_a_token(client, se
     for field in ("contactId", "scheduledAt", "attendedRegistrationIds", "templateType"):
         assert f'"{field}"' in text, field
     assert client.post("/api/events/schema").status_code == 405
+
+
+def test_completing_before_the_start_is_a_400_unless_forced_and_links_are_kept(api):
+    make_event(external_id="e-future", starts_in=3600 * 24)
+    early = event("event.completed", eventId="e-future", completedAt=timezone.now().isoformat())
+    response = api(early)
+    assert (response.status_code, response.json()["field"]) == (400, "data.completedAt")
+    assert "before the event's scheduled start" in response.json()["error"]
+    assert Event.objects.get(external_id="e-future").status == Event.Status.SCHEDULED
+    forced = event("event.completed", eventId="e-future", completedAt=timezone.now().isoformat(), force=True,
+                   recordingUrl="https://example.com/rec", slidesUrl="https://example.com/slides.pdf")
+    assert api(forced).status_code == 202
+    done = Event.objects.get(external_id="e-future")
+    assert (done.status, done.recording_url, done.slides_url) == (
+        Event.Status.COMPLETED, "https://example.com/rec", "https://example.com/slides.pdf"
+    )

@@ -77,7 +77,7 @@ def test_attendance_from_a_csv_of_ids_and_emails(finished_event, tmp_path):
     event, regs = finished_event
     sheet = tmp_path / "attendance.csv"
     sheet.write_text(f"registration_id\n{regs['ada'].external_id}\n{regs['bob'].contact.email.upper()}\n")
-    output = complete(event.external_id, "--attended-csv", str(sheet), "--completed-at", "2026-11-27T10:00:00+00:00")
+    output = complete(event.external_id, "--attended-csv", str(sheet), "--completed-at", "2026-11-27T10:00:00+00:00", "--force")
     assert "attended: 2 registration(s)" in output
     assert set(Registration.objects.filter(attended=True).values_list("pk", flat=True)) == {regs["ada"].pk, regs["bob"].pk}
     event.refresh_from_db()
@@ -144,7 +144,7 @@ def test_completing_twice_never_plans_twice(finished_event):
 def test_completing_cancels_pending_pre_event_steps(db):
     event = make_event(starts_in=3600 * 48)
     registration = enroll(make_contact(), event)
-    output = complete(event.external_id)
+    output = complete(event.external_id, "--force")  # before its start: only when forced
     assert "pre-event steps cancelled: 3" in output
     pre = Step.objects.filter(registration=registration, funnel="pre_event")
     assert {(s.status, s.reason) for s in pre} == {(Step.Status.CANCELLED, "event completed")}
@@ -198,3 +198,31 @@ def test_planning_ten_thousand_registrations_takes_a_bounded_number_of_queries(d
     assert sorted(Step.objects.filter(registration__external_id="bulk-r7").values_list("key", "plan_version", "status")) == [
         ("final_followup", 1, "pending"), ("reengagement", 1, "pending"), ("sorry_missed", 1, "pending")
     ]
+
+
+def test_completing_before_the_scheduled_start_is_refused_unless_forced(db):
+    event = make_event(starts_in=3600 * 48)
+    registration = enroll(make_contact(), event)
+    with pytest.raises(CommandError, match="before the event's scheduled start"):
+        complete(event.external_id)
+    event.refresh_from_db()
+    assert event.status == Event.Status.SCHEDULED
+    assert not Step.objects.filter(registration=registration, status=Step.Status.CANCELLED).exists()
+
+
+def test_the_resources_email_links_what_the_completion_gave_and_promises_nothing_else(db):
+    from drip.rendering import render_message
+
+    event = make_event(starts_in=-7200)
+    registration = enroll(make_contact(), event)
+    complete(event.external_id, "--attended", registration.external_id, "--recording-url", "https://example.com/rec/1")
+    message = Message(contact=registration.contact, registration=Registration.objects.get(pk=registration.pk),
+                      channel=Channel.EMAIL, template_type="resources")
+    rendered = render_message(message)
+    assert "https://example.com/rec/1" in rendered.text and "slides" not in rendered.text.lower()
+    Event.objects.filter(pk=event.pk).update(recording_url="")
+    message.registration = Registration.objects.get(pk=registration.pk)
+    bare = render_message(message)
+    assert "recording" not in bare.text.lower() and "slides" not in bare.text.lower()
+    with pytest.raises(CommandError, match="not an http"):
+        complete(make_event(starts_in=-60).external_id, "--slides-url", "javascript:alert(1)")

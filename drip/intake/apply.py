@@ -186,7 +186,10 @@ def completed(p: ParsedEvent) -> Result:
 
     def complete() -> Result:
         attended = services.resolve_attendees(event, e.attended_registration_ids)
-        summary = services.complete_event(event, attended, e.completed_at)
+        links = {"recording_url": e.recording_url, "slides_url": e.slides_url}
+        summary = services.complete_event(
+            event, attended, e.completed_at, force=e.force, links={k: v for k, v in links.items() if v}
+        )
         return {"name": "event.completed", **summary.as_dict()}
 
     return _under(p, complete)

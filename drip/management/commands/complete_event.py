@@ -8,7 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.validators import URLValidator
 from django.utils.dateparse import parse_datetime
 
 from drip.errors import FieldError
@@ -39,6 +41,14 @@ def read_attendance_csv(path: str) -> tuple[list[str], list[str]]:
     return [v for v in values if "@" not in v], [v for v in values if "@" in v]
 
 
+def check_url(name: str, value: str) -> str:
+    try:
+        URLValidator(schemes=["http", "https"])(value)
+    except ValidationError:
+        raise CommandError(f"--{name.replace('_', '-')}: {value!r} is not an http(s) URL") from None
+    return value
+
+
 def parse_completed_at(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -59,6 +69,9 @@ class Command(BaseCommand):
         parser.add_argument("--attended-csv", metavar="FILE", help="one column of registration ids or contact emails")
         parser.add_argument("--completed-at", metavar="ISO", help="when the event ended (default: now)")
         parser.add_argument("--dry-run", action="store_true", help="print what would be planned; write nothing")
+        parser.add_argument("--force", action="store_true", help="complete even before the scheduled start")
+        parser.add_argument("--recording-url", metavar="URL", help="linked from the post-event emails")
+        parser.add_argument("--slides-url", metavar="URL", help="linked from the post-event emails")
 
     def handle(self, *args: Any, **options: Any) -> None:
         event = Event.objects.filter(external_id=options["event_id"]).first()
@@ -72,7 +85,11 @@ class Command(BaseCommand):
             ids += csv_ids
         try:
             attended = resolve_attendees(event, ids, emails)
-            summary = complete_event(event, attended, completed_at, options["dry_run"], progress=self._progress)
+            links = {"recording_url": options["recording_url"], "slides_url": options["slides_url"]}
+            summary = complete_event(
+                event, attended, completed_at, options["dry_run"], progress=self._progress, force=options["force"],
+                links={k: check_url(k, v) for k, v in links.items() if v},
+            )
         except FieldError as exc:
             raise CommandError(str(exc)) from None
         if summary.already_completed:

@@ -191,7 +191,8 @@ class Simulation:
         attended = [self.registrations[p.key].external_id for p in PEOPLE if p.attends]
         result = self._send([{"name": "event.completed", "data": {
             "eventId": f"{self.prefix}webinar", "completedAt": timezone.now().isoformat(),
-            "attendedRegistrationIds": attended,
+            "attendedRegistrationIds": attended, "force": True,  # the demo ends its event early
+            "recordingUrl": "https://example.com/recordings/demo", "slidesUrl": "https://example.com/slides/demo.pdf",
         }}])[0]
         branches = ", ".join(f"{n} {branch.replace('_', '-')}" for branch, n in result["branches"].items())
         self.out.write(f"\nevent.completed: the event is over ({branches}); {result['stepsPlanned']} post-event steps planned")
