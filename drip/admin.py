@@ -6,17 +6,22 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import django_celery_beat.admin  # noqa: F401  (registers the beat tables, hidden below)
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString
 
 from . import services
 from .consent import has_consent, latest_record, may_lift, record_consent
+from .console import attention, csv_import, funnel, preview, timeline
+from .console.display import short, step_outcome, when, when_short
 from .errors import FieldError
 from .fastforward import run_steps_now
 from .inbound.admin import DeliveryReportInline, SuppressedFilter, consent_now
@@ -25,8 +30,49 @@ from .rendering import format_when
 from .sender import requeue_failed
 from .validation import normalize_phone, validate_timezone
 
+admin.site.site_header = "Drip"
+admin.site.site_title = "Drip"
+admin.site.index_title = "Drip console"
+_plain_index = admin.site.index
 
-class ConsentInline(admin.TabularInline):
+
+def index(request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
+    """The index leads with what needs attention (templates/admin/index.html)."""
+    return _plain_index(request, {"attention": attention.needs_attention(), **(extra_context or {})})
+
+
+admin.site.index = index  # type: ignore[method-assign]
+
+
+def superusers_only(model_admin: type[admin.ModelAdmin]) -> type[admin.ModelAdmin]:
+    """The beat schedule (where the dispatcher can be switched off) is for superusers."""
+    def allowed(self: admin.ModelAdmin, request: HttpRequest, obj: object = None) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def module(self: admin.ModelAdmin, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    return type(f"SuperusersOnly{model_admin.__name__}", (model_admin,), {
+        "has_module_permission": module, "has_view_permission": allowed, "has_change_permission": allowed,
+        "has_delete_permission": allowed, "has_add_permission": lambda self, request: module(self, request),
+    })
+
+
+for _model, _model_admin in list(admin.site._registry.items()):
+    if _model._meta.app_label == "django_celery_beat":
+        admin.site.unregister(_model)
+        admin.site.register(_model, superusers_only(type(_model_admin)))
+
+
+class NoDelete:
+    """Audit rows (steps, messages, consent records, delivery reports) stay: no delete
+    permission, so no delete button and no delete action either."""
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ConsentInline(NoDelete, admin.TabularInline):
     model = ConsentRecord
     extra = 0
     can_delete = False
@@ -87,6 +133,7 @@ class ContactAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Contact, form: ContactForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
+        self.warn_about_twins(request, obj)
         for channel in (Channel.EMAIL, Channel.SMS):
             wanted = form.cleaned_data.get(f"{channel}_consent", False)
             if wanted != has_consent(obj, channel) and (change or wanted):
@@ -94,6 +141,45 @@ class ContactAdmin(admin.ModelAdmin):
                     obj, channel, wanted, ConsentRecord.Source.ADMIN,
                     detail=f"admin:{request.user.get_username()}", reason=form.cleaned_data.get("consent_reason", ""),
                 )
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.import_view)
+        return [path("import/", view, name="drip_contact_import"), *super().get_urls()]
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        """Upload → a preview listing every row's error (nothing written) → one atomic import."""
+        if not (self.has_add_permission(request) and self.has_change_permission(request)):
+            raise PermissionDenied
+        form = ImportForm(request.POST or None, request.FILES or None)
+        checked = None
+        if request.method == "POST" and form.is_valid():
+            event: Event = form.cleaned_data["event"]
+            text = form.cleaned_data["csv_text"]
+            checked = csv_import.plan(text, event)
+            if "confirm" in request.POST and checked.ok:
+                counts = csv_import.import_rows(checked)
+                summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+                self.message_user(request, f"Imported {len(checked.rows)} row(s) into {event}: {summary}.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:drip_registration_changelist") + f"?event__id__exact={event.pk}")
+            form = ImportForm(initial={"event": event.pk, "csv_text": text})
+        return TemplateResponse(request, "admin/drip/csv_import.html", {
+            **self.admin_site.each_context(request), "form": form, "checked": checked, "columns": csv_import.COLUMNS,
+            "title": "Import contacts from CSV into an event", "opts": self.model._meta,
+        })
+
+    def warn_about_twins(self, request: HttpRequest, contact: Contact) -> None:
+        """Two rows for one person get two welcomes: say so (a suppression covers the address)."""
+        same = Q(pk__in=[])
+        if contact.email:
+            same |= Q(email__iexact=contact.email)
+        if contact.phone:
+            same |= Q(phone=contact.phone)
+        twins = list(Contact.objects.filter(same).exclude(pk=contact.pk).values_list("external_id", flat=True)[:5])
+        if twins:
+            self.message_user(request, (
+                f"Another contact already has this email or phone ({', '.join(twins)}): one person may get every "
+                "message twice. Merge them or correct the address."
+            ), messages.WARNING)
 
     @admin.action(description="Enroll in event…")
     def enroll_in_event(self, request: HttpRequest, queryset: QuerySet[Contact]) -> HttpResponse | None:
@@ -110,6 +196,24 @@ class ContactAdmin(admin.ModelAdmin):
             {**self.admin_site.each_context(request), "contacts": queryset, "form": form,
              "title": "Enroll contacts in an event", "opts": self.model._meta},
         )
+
+
+class ImportForm(forms.Form):
+    event = forms.ModelChoiceField(queryset=Event.objects.filter(status=Event.Status.SCHEDULED))
+    file = forms.FileField(required=False, label="CSV file", help_text="UTF-8, a header row; at most 5000 rows.")
+    csv_text = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        upload = cleaned.get("file")
+        if upload is not None:
+            try:
+                cleaned["csv_text"] = upload.read().decode("utf-8")
+            except UnicodeDecodeError:
+                self.add_error("file", "The file is not UTF-8 text.")
+        elif not cleaned.get("csv_text"):
+            self.add_error("file", "Choose a CSV file.")
+        return cleaned
 
 
 class EnrollForm(forms.Form):
@@ -135,9 +239,15 @@ class CompleteEventForm(forms.Form):
         help_text="Everyone not ticked (and not already marked attended) follows the no-show branch.",
     )
     completed_at = forms.DateTimeField(required=False, help_text="When the event ended, in UTC; empty means now.")
+    ended_early = forms.BooleanField(
+        required=False, label="Yes, it ended before its scheduled start",
+        help_text="Its scheduled start is still ahead: completing now cancels its reminders and thanks people for coming.",
+    )
 
     def __init__(self, event: Event, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if event.starts_at <= timezone.now():
+            del self.fields["ended_early"]
         attended = self.fields["attended"]
         assert isinstance(attended, forms.ModelMultipleChoiceField)
         attended.queryset = event.registrations.filter(status=Registration.Status.ACTIVE).select_related("contact")
@@ -151,12 +261,12 @@ class CompleteEventForm(forms.Form):
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ("title", "external_id", "starts_at", "local_start", "status", "completed_at")
+    list_display = ("title", "external_id", "start_utc", "local_start", "status", "completed")
     list_filter = ("status",)
     search_fields = ("title", "external_id")
     actions = ["complete_event", "cancel_events"]
     # Status changes go through the actions, which also start or stop the funnels.
-    readonly_fields = ("local_start", "status", "completed_at")
+    readonly_fields = ("local_start", "status", "completed_at", "funnel_overview")
 
     def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
                         extra_context: dict | None = None) -> HttpResponse:
@@ -199,6 +309,18 @@ class EventAdmin(admin.ModelAdmin):
                 return
             self.message_user(request, f"{moved} reminder(s) planned for the new start.", messages.INFO)
 
+    @admin.display(description="start (UTC)", ordering="starts_at")
+    def start_utc(self, event: Event) -> str:
+        return f"{event.starts_at:%Y-%m-%d %H:%M} UTC"
+
+    @admin.display(description="completed", ordering="completed_at")
+    def completed(self, event: Event) -> SafeString | str:
+        return when_short(event.completed_at, event.timezone)
+
+    @admin.display(description="funnel")
+    def funnel_overview(self, event: Event) -> SafeString | str:
+        return funnel.render(event) if event.pk else "-"
+
     @admin.display(description="start in the event's time zone")
     def local_start(self, event: Event) -> str:
         try:
@@ -216,10 +338,12 @@ class EventAdmin(admin.ModelAdmin):
         form = CompleteEventForm(event, request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
             attended = {r.pk for r in form.cleaned_data["attended"]}
+            force = bool(form.cleaned_data.get("ended_early"))
             try:
-                summary = services.complete_event(event, attended, form.cleaned_data["completed_at"])
+                summary = services.complete_event(event, attended, form.cleaned_data["completed_at"], force=force)
             except FieldError as exc:
-                self.message_user(request, str(exc), messages.ERROR)
+                hint = " Tick “Yes, it ended before its scheduled start” to complete it anyway." if exc.field == "completedAt" else ""
+                self.message_user(request, f"Not completed: {exc}.{hint}", messages.ERROR)
                 return None
             if summary.already_completed:
                 self.message_user(request, f"{event.title} was already completed; nothing planned.", messages.WARNING)
@@ -232,7 +356,8 @@ class EventAdmin(admin.ModelAdmin):
         return render(
             request, "admin/drip/complete_event.html",
             {**self.admin_site.each_context(request), "event": event, "form": form,
-             "title": f"Complete {event.title}", "opts": self.model._meta},
+             "title": f"Complete {event.title}", "opts": self.model._meta,
+             "starts_in_future": "ended_early" in form.fields, "local_start": self.local_start(event)},
         )
 
     @admin.action(description="Cancel selected events (stops their pending steps)")
@@ -244,31 +369,70 @@ class EventAdmin(admin.ModelAdmin):
         self.message_user(request, f"Cancelled {count} event(s); completed events are left as they are.")
 
 
-class StepInline(admin.TabularInline):
+class StepInline(NoDelete, admin.TabularInline):
     model = Step
     extra = 0
     can_delete = False
-    fields = ("funnel", "key", "plan_version", "due_at", "status", "reason", "attempts")
+    fields = ("funnel", "key", "plan_version", "due", "status", "outcome", "attempts")
     readonly_fields = fields
     ordering = ("due_at", "id")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
+        return super().get_queryset(request).select_related("registration__contact").prefetch_related("messages")
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    @admin.display(description="due (contact's zone, UTC)")
+    def due(self, step: Step) -> SafeString | str:
+        return when(step.due_at, step.registration.contact.timezone)
+
+    @admin.display(description="outcome per channel")
+    def outcome(self, step: Step) -> str:
+        return step_outcome(step)
+
+
+class MoveForm(forms.Form):
+    event = forms.ModelChoiceField(queryset=Event.objects.filter(status=Event.Status.SCHEDULED), label="Move to")
+
 
 @admin.register(Registration)
 class RegistrationAdmin(admin.ModelAdmin):
-    list_display = ("external_id", "contact", "event", "status", "attended", "created_at")
-    list_filter = ("status", "attended")
+    list_display = ("external_id", "contact_email", "event_title", "status", "attended", "created")
+    list_filter = ("status", "attended", ("event", admin.RelatedOnlyFieldListFilter))
     search_fields = ("external_id", "contact__email", "event__title")
     autocomplete_fields = ("contact",)
+    ordering = ("-created_at", "-id")
+    list_select_related = ("contact", "event")
     inlines = [StepInline]
-    actions = ["cancel_registrations", "reactivate_registrations"]
+    actions = ["move_to_event", "cancel_registrations", "reactivate_registrations"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Registration | None = None) -> tuple[str, ...]:
         # Who and which event are the registration itself; its status changes through the
         # actions, which call the same services as the API.
-        return ("contact", "event", "status", "cancelled_at") if obj is not None else ("status", "cancelled_at")
+        if obj is None:
+            return ("status", "cancelled_at")
+        return ("contact", "event", "status", "cancelled_at", "timeline")
+
+    def get_fields(self, request: HttpRequest, obj: Registration | None = None) -> list[str]:  # type: ignore[override]
+        fields = ["external_id", "contact", "event", "status", "attended", "cancelled_at"]
+        return [*fields, "timeline"] if obj is not None else fields
+
+    @admin.display(description="contact", ordering="contact__email")
+    def contact_email(self, registration: Registration) -> SafeString | str:
+        return short(registration.contact.email or registration.contact.phone or registration.contact.external_id, 30)
+
+    @admin.display(description="event", ordering="event__starts_at")
+    def event_title(self, registration: Registration) -> SafeString | str:
+        return short(registration.event.title, 30)
+
+    @admin.display(description="created (contact's zone)", ordering="created_at")
+    def created(self, registration: Registration) -> SafeString | str:
+        return when_short(registration.created_at, registration.contact.timezone)
+
+    @admin.display(description="timeline")
+    def timeline(self, registration: Registration) -> SafeString | str:
+        return timeline.render(registration) if registration.pk else "-"
 
     def save_model(self, request: HttpRequest, obj: Registration, form: forms.ModelForm, change: bool) -> None:
         if not change:
@@ -281,7 +445,33 @@ class RegistrationAdmin(admin.ModelAdmin):
         if attended != obj.attended:
             services.set_attendance(obj, attended)
 
-    @admin.action(description="Cancel selected registrations (stops their pending steps)")
+    @admin.action(description="Move to another event…")
+    def move_to_event(self, request: HttpRequest, queryset: QuerySet[Registration]) -> HttpResponse | None:
+        """Cancel (its pending steps stop) and enroll in the other event (its funnel starts),
+        both through the services, rather than an edit that would leave no reminders."""
+        form = MoveForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            target: Event = form.cleaned_data["event"]
+            moved = skipped = 0
+            for registration in queryset.select_related("contact", "event"):
+                if registration.event_id == target.pk:
+                    skipped += 1
+                    continue
+                services.cancel_registration(registration)
+                services.enroll(registration.contact, target)
+                moved += 1
+            self.message_user(request, (
+                f"Moved {moved} registration(s) to {target}: the old ones are cancelled, the new ones enrolled."
+                + (f" {skipped} already in that event were left as they were." if skipped else "")
+            ), messages.SUCCESS)
+            return None
+        return render(
+            request, "admin/drip/move_registrations.html",
+            {**self.admin_site.each_context(request), "registrations": queryset.select_related("contact", "event"),
+             "form": form, "title": "Move registrations to another event", "opts": self.model._meta},
+        )
+
+    @admin.action(description="Cancel registrations (stops their pending steps)")
     def cancel_registrations(self, request: HttpRequest, queryset: QuerySet[Registration]) -> None:
         count = 0
         for registration in queryset.filter(status=Registration.Status.ACTIVE):
@@ -289,19 +479,65 @@ class RegistrationAdmin(admin.ModelAdmin):
             count += 1
         self.message_user(request, f"Cancelled {count} registration(s).")
 
-    @admin.action(description="Reactivate selected cancelled registrations (plans the reminders still ahead)")
+    @admin.action(description="Reactivate cancelled registrations (plans what is still ahead)")
     def reactivate_registrations(self, request: HttpRequest, queryset: QuerySet[Registration]) -> None:
         planned = [services.enroll(r.contact, r.event).steps_planned for r in queryset.filter(status=Registration.Status.CANCELLED)]
         self.message_user(request, f"Reactivated {len(planned)} registration(s); {sum(planned)} step(s) planned.")
 
 
+class ReasonFilter(admin.SimpleListFilter):
+    """The most common reasons, so "every skip for no sms consent" is one click."""
+
+    title = "reason"
+    parameter_name = "reason"
+    field = "reason"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        values = (model_admin.model._default_manager.exclude(**{self.field: ""})
+                  .values_list(self.field, flat=True).distinct().order_by(self.field)[:20])
+        return [(v, v if len(v) <= 50 else v[:49] + "…") for v in values]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        return queryset.filter(**{self.field: value}) if value else queryset
+
+
+class ErrorFilter(ReasonFilter):
+    field = "error"
+
+
+STEP_INTERNALS = ("claim_token", "enqueued_at", "started_at", "finished_at", "anchor_at", "created_at")
+
+
 @admin.register(Step)
-class StepAdmin(admin.ModelAdmin):
-    list_display = ("id", "registration", "funnel", "key", "plan_version", "due_at", "status", "reason")
-    list_filter = ("status", "funnel", "key")
-    search_fields = ("registration__external_id", "registration__contact__email")
-    readonly_fields = [f.name for f in Step._meta.fields]
+class StepAdmin(NoDelete, admin.ModelAdmin):
+    list_display = ("key", "who", "due", "status", "outcome")
+    list_filter = ("status", ("registration__event", admin.RelatedOnlyFieldListFilter), "funnel", "key", ReasonFilter)
+    search_fields = ("registration__external_id", "registration__contact__email", "reason")
+    ordering = ("-due_at", "-id")
+    list_select_related = ("registration__contact", "registration__event")
+    readonly_fields = [f.name for f in Step._meta.fields] + ["outcome"]
+    fieldsets = [
+        (None, {"fields": [*(f.name for f in Step._meta.fields if f.name not in STEP_INTERNALS and f.name != "id"), "outcome"]}),
+        ("Internals", {"classes": ["collapse"], "fields": list(STEP_INTERNALS)}),
+    ]
     actions = ["run_now"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
+        return super().get_queryset(request).prefetch_related("messages")
+
+    @admin.display(description="who → event")
+    def who(self, step: Step) -> SafeString | str:
+        registration = step.registration
+        return short(f"{registration.contact.email or registration.contact.external_id} → {registration.event.title}", 28)
+
+    @admin.display(description="due", ordering="due_at")
+    def due(self, step: Step) -> SafeString | str:
+        return when_short(step.due_at, step.registration.contact.timezone)
+
+    @admin.display(description="outcome per channel")
+    def outcome(self, step: Step) -> SafeString | str:
+        return short(step_outcome(step), 80)
 
     @admin.action(description="Run selected pending steps now")
     def run_now(self, request: HttpRequest, queryset: QuerySet[Step]) -> None:
@@ -312,14 +548,59 @@ class StepAdmin(admin.ModelAdmin):
         return False
 
 
+MESSAGE_INTERNALS = ("claim_token", "rate_slot_at", "lost_claims", "sending_at", "next_attempt_at", "idempotency_key",
+                     "updated_at")
+
+
+class PreviewForm(forms.Form):
+    template = forms.ChoiceField(label="Template and channel")
+    registration = forms.IntegerField(
+        required=False, label="Registration id",
+        help_text="Render for this registration's contact and event; empty: a sample contact (America/New_York).",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [(f"{t}:{c}", f"{t} ({c})") for t, c in preview.available()]
+        self.fields["template"].choices = choices  # type: ignore[attr-defined]
+
+    def clean_registration(self) -> Registration | None:
+        value = self.cleaned_data.get("registration")
+        if value is None:
+            return None
+        found = Registration.objects.select_related("contact", "event").filter(pk=value).first()
+        if found is None:
+            raise forms.ValidationError(f"No registration has id {value}.")
+        return found
+
+
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
-    list_display = ("id", "contact", "template_type", "channel", "status", "attempts", "sent_at", "error")
-    list_filter = ("status", "channel", "template_type")
-    search_fields = ("contact__email", "contact__phone", "provider_message_id")
+class MessageAdmin(NoDelete, admin.ModelAdmin):
+    list_display = ("id", "recipient", "template_type", "channel", "status", "reason", "sent")
+    list_filter = ("status", "channel", ("registration__event", admin.RelatedOnlyFieldListFilter), "template_type",
+                   "step_type", ErrorFilter)
+    search_fields = ("contact__email", "contact__phone", "provider_message_id", "error")
+    ordering = ("-created_at", "-id")
+    list_select_related = ("contact",)
     readonly_fields = [f.name for f in Message._meta.fields]
+    fieldsets = [
+        (None, {"fields": [f.name for f in Message._meta.fields if f.name not in MESSAGE_INTERNALS and f.name != "id"]}),
+        ("Internals", {"classes": ["collapse"], "fields": list(MESSAGE_INTERNALS)}),
+    ]
     inlines = [DeliveryReportInline]
     actions = ["send_again"]
+
+    @admin.display(description="to", ordering="to")
+    def recipient(self, message: Message) -> SafeString | str:
+        return short(message.to or message.contact.email or message.contact.phone, 28)
+
+    @admin.display(description="reason / error")
+    def reason(self, message: Message) -> SafeString | str:
+        return short(message.error, 50)
+
+    @admin.display(description="sent (contact's zone)", ordering="sent_at")
+    def sent(self, message: Message) -> SafeString | str:
+        return when_short(message.sent_at, message.contact.timezone)
 
     @admin.action(description="Send failed messages again")
     def send_again(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
@@ -328,3 +609,42 @@ class MessageAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.preview_view)
+        return [path("preview/", view, name="drip_message_preview"), *super().get_urls()]
+
+    def preview_view(self, request: HttpRequest) -> HttpResponse:
+        """Every template on every channel it has; one rendered in full, and a test send of
+        it to the operator through the real sender."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        data = request.POST if request.method == "POST" else (request.GET if "template" in request.GET else None)
+        form = PreviewForm(data)
+        shown = None
+        if form.is_valid():
+            template_type, channel = form.cleaned_data["template"].split(":")
+            registration = form.cleaned_data["registration"] or preview.sample_registration()
+            shown = preview.preview(template_type, channel, registration)
+            if request.method == "POST" and "send_test" in request.POST:
+                self.send_test(request, template_type, channel, registration)
+        return TemplateResponse(request, "admin/drip/preview.html", {
+            **self.admin_site.each_context(request), "form": form, "shown": shown, "pairs": preview.available(),
+            "title": "Template preview", "opts": self.model._meta,
+        })
+
+    def send_test(self, request: HttpRequest, template_type: str, channel: str, registration: Registration) -> None:
+        user = request.user
+        event = registration.event if registration.pk else None
+        if event is None:
+            event = Event.objects.filter(status=Event.Status.SCHEDULED).order_by("starts_at").first()
+        if event is None:
+            self.message_user(request, "No scheduled event to send a test about; choose a registration.", messages.ERROR)
+            return
+        try:
+            message = preview.send_test(template_type, channel, user.get_username(), getattr(user, "email", ""), event)
+        except FieldError as exc:
+            self.message_user(request, f"No test sent: {exc}", messages.ERROR)
+            return
+        self.message_user(request, f"Test {template_type} ({channel}) queued to {message.to} as message {message.pk}, "
+                                   "marked step type “test”.", messages.SUCCESS)

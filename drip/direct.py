@@ -75,7 +75,7 @@ def send_direct(
                 step_type=step_type, idempotency_key=idempotency_key or None, to=contact.address_for(channel),
                 expires_at=None, next_attempt_at=timezone.now(),
             )
-            transaction.on_commit(lambda: enqueue_sends([message.pk]))
+            transaction.on_commit(lambda: enqueue_sends([(message.pk, message.channel)]))
     except IntegrityError:
         # Two callers with the same key at once: the other one won.
         return Message.objects.get(idempotency_key=idempotency_key), False

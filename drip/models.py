@@ -3,7 +3,10 @@ audit tables that double as the engine's state: Step (the durable timer) and Mes
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import models
 from django.db.models import F
@@ -113,7 +116,14 @@ class Event(models.Model):
         ordering = ["-starts_at"]
 
     def __str__(self) -> str:
-        return f"{self.title} ({self.starts_at:%Y-%m-%d %H:%M} UTC)"
+        """The start in the event's own zone (what the save banner shows: the time saved)."""
+        if self.starts_at is None:
+            return self.title
+        try:
+            local = self.starts_at.astimezone(ZoneInfo(self.timezone or "UTC"))
+        except (ZoneInfoNotFoundError, ValueError):
+            local = self.starts_at.astimezone(ZoneInfo("UTC"))
+        return f"{self.title} ({local:%Y-%m-%d %H:%M} {local.tzname()})"
 
 
 class Registration(models.Model):
@@ -299,6 +309,15 @@ class MessageQuerySet(models.QuerySet["Message"]):
         """Held past the enqueue horizon (quiet hours) and now coming within it: marked with
         `token` so the dispatcher publishes exactly these, once."""
         return self.filter(status=Message.Status.QUEUED, claim_token=HELD, next_attempt_at__lte=until).update(claim_token=token)
+
+    def mark_first(self, column: str, at: datetime) -> int:
+        """A first open or click (a delivery report): only the first one is kept."""
+        return self.filter(**{f"{column}__isnull": True}).update(**{column: at, "updated_at": timezone.now()})
+
+    def advance(self, status: str, sources: Iterable[str], **fields: Any) -> int:
+        """A provider's report moves the message forwards, from one of `sources` only: a
+        report that arrives out of order never moves it back."""
+        return self.filter(status__in=list(sources)).update(status=status, updated_at=timezone.now(), **fields)
 
     def requeue_failed(self, now: datetime) -> int:
         """failed → queued with a fresh budget (attempts and lost claims): an operator's call."""

@@ -45,8 +45,20 @@ def plan_enrollment(registration: Registration, now: datetime | None = None, key
     to those steps (a re-enrollment plans only what it has not been sent), each as the next
     plan version of its key."""
     now = now or timezone.now()
-    event = registration.event
+    steps = enrollment_steps(registration, now, keys)
     created: list[Step] = []
+    if steps:
+        with transaction.atomic():
+            created = schedule_steps(steps)
+    _log_plan(created)
+    return created
+
+
+def enrollment_steps(registration: Registration, now: datetime, keys: Iterable[str] | None = None) -> list[Step]:
+    """The unsaved steps `plan_enrollment` plans (the rules in one place: drip.bulk builds a
+    whole list's registrations with it, then schedules them in one go)."""
+    event = registration.event
+    steps: list[Step] = []
     for funnel in started_by(Trigger.ENROLLED):
         anchor = funnel.anchor_of(event)
         if registration.status != Registration.Status.ACTIVE or event.status != funnel.requires or anchor is None:
@@ -56,14 +68,11 @@ def plan_enrollment(registration: Registration, now: datetime | None = None, key
             continue
         wanted = [d for d in funnel.steps_for(funnel.branch_for(registration)) if keys is None or d.key in keys]
         versions = _latest_versions([registration.pk]) if keys is not None else {}
-        steps = [
+        steps += [
             build_step(funnel, d, registration.pk, anchor, now, versions.get((registration.pk, d.key), 0) + 1)
             for d in wanted
         ]
-        with transaction.atomic():
-            created += schedule_steps(steps)
-    _log_plan(created)
-    return created
+    return steps
 
 
 def replan_for_new_start(event: Event, now: datetime | None = None) -> list[Step]:

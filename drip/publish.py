@@ -6,17 +6,34 @@ Work travels in batches: a step task takes the steps due at one instant (every
 registration's reminder of an event), a send task a list of messages. A batch costs one
 claim, one load and one consent read instead of one of each per row, and one task instead of
 one per row: that is what lets a worker keep up with a large event (bench/README.md).
+
+Every send batch holds one channel and goes to that channel's queue (`email`, `sms`), so a
+provider that fails or hangs holds only its own channel's senders. Callers that know the
+channels pass (id, channel) pairs; bare ids are looked up in one query.
+
+The broker is Redis or RabbitMQ (celery_app.py declares the queues); `broker_was_reset`
+tells the reconciler when the broker lost everything it held.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import cast
 
+import amqp
+import redis
 from celery.utils.functional import chunks
 from django.conf import settings
+from django.utils import timezone
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
-from celery_app import app
+from celery_app import ALL_QUEUES, SEND_QUEUES, app, uses_rabbitmq
+
+from .models import Message
 
 RUN_STEPS = "drip.tasks.run_steps"
 SEND_MESSAGES = "drip.tasks.send_messages"
@@ -30,12 +47,77 @@ def enqueue_steps(claimed: Iterable[tuple[int, datetime]], batch_size: int | Non
         by_due[due_at].append(step_id)
     for due_at, ids in sorted(by_due.items()):
         for batch in batches(ids, _size(batch_size, settings.DRIP_STEP_BATCH)):
-            app.send_task(RUN_STEPS, (batch,), eta=due_at)
+            _send(RUN_STEPS, batch, due_at)
 
 
-def enqueue_sends(message_ids: Sequence[int], eta: datetime | None = None, batch_size: int | None = None) -> None:
-    for batch in batches(message_ids, _size(batch_size, settings.DRIP_SEND_BATCH)):
-        app.send_task(SEND_MESSAGES, (batch,), eta=eta)
+def enqueue_sends(
+    messages: Iterable[int | tuple[int, str]], eta: datetime | None = None, batch_size: int | None = None
+) -> None:
+    """Send tasks for these messages, one channel per batch, each to its channel's queue.
+    `messages` are (id, channel) pairs, or ids whose channels are read in one query."""
+    by_channel: dict[str, list[int]] = defaultdict(list)
+    for message_id, channel in _with_channels(messages):
+        by_channel[channel].append(message_id)
+    for channel, ids in sorted(by_channel.items()):
+        for batch in batches(ids, _size(batch_size, settings.DRIP_SEND_BATCH)):
+            _send(SEND_MESSAGES, batch, eta, queue=send_queue(channel))
+
+
+def send_queue(channel: str) -> str:
+    return SEND_QUEUES[channel]
+
+
+def _with_channels(messages: Iterable[int | tuple[int, str]]) -> list[tuple[int, str]]:
+    pairs: list[tuple[int, str]] = []
+    bare: list[int] = []
+    for item in messages:
+        if isinstance(item, tuple):
+            pairs.append(item)
+        else:
+            bare.append(item)
+    if bare:
+        found = dict(Message.objects.filter(id__in=bare).values_list("id", "channel"))
+        # A message deleted meanwhile has nothing left to send.
+        pairs += [(mid, found[mid]) for mid in bare if mid in found]
+    return pairs
+
+
+def _send(task: str, batch: list[int], eta: datetime | None, queue: str | None = None) -> None:
+    eta = _eta(eta)
+    if eta is not None:
+        _declare_delay_exchanges()
+    app.send_task(task, (batch,), eta=eta, queue=queue)
+
+
+_delays_declared = False
+
+
+def _declare_delay_exchanges() -> None:
+    """On RabbitMQ an ETA task is published to the delay exchanges of native delayed
+    delivery, which a worker declares when it starts: a web process may publish first (a
+    fresh broker), so it declares them too, once per process (declaring is idempotent)."""
+    global _delays_declared
+    if _delays_declared or not uses_rabbitmq():
+        return
+    with app.connection_for_write() as conn:
+        declare_native_delayed_delivery_exchanges_and_queues(conn, app.conf.broker_native_delayed_delivery_queue_type)
+        for queue in app.amqp.queues.values():
+            queue(conn.default_channel).declare()  # the queue, its exchange and binding first
+            bind_queue_to_native_delayed_delivery_exchange(conn, queue)
+    _delays_declared = True
+
+
+def _eta(eta: datetime | None) -> datetime | None:
+    """RabbitMQ's native delayed delivery counts whole seconds and refuses a delay under one
+    (Celery 5.7 raises ValueError for 0 < countdown < 1, the countdown being taken a moment
+    after this): an ETA less than MIN_DELAY away is moved to MIN_DELAY. Redis keeps it exact."""
+    if eta is None or not uses_rabbitmq():
+        return eta
+    now = timezone.now()
+    return max(eta, now + MIN_DELAY) if eta > now else eta
+
+
+MIN_DELAY = timedelta(seconds=1.2)
 
 
 def batches(items: Iterable[int], size: int) -> Iterable[list[int]]:
@@ -46,3 +128,58 @@ def batches(items: Iterable[int], size: int) -> Iterable[list[int]]:
 def _size(wanted: int | None, most: int) -> int:
     """A caller may ask for smaller batches than the setting allows, never larger."""
     return most if wanted is None else max(1, min(wanted, most))
+
+
+BROKER_MARK = "drip:broker-mark"  # a Redis key, or a RabbitMQ queue holding one message
+_DELAY_QUEUES = tuple(f"celery_delayed_{level}" for level in range(28))  # native delayed delivery
+
+
+def broker_was_reset() -> bool:
+    """True when the broker lost its data since the last check: the mark left there is gone.
+    Redis: flushed, or restarted without persistence. RabbitMQ: the node or vhost lost its
+    definitions and messages (a new node, a deleted vhost, every queue purged). A purge of
+    one queue alone leaves the mark: the reconciler recovers that work after its grace.
+    The first check ever also answers True (harmless: every task claims its rows)."""
+    url = settings.CELERY_BROKER_URL
+    if uses_rabbitmq(url):
+        return _rabbitmq_mark_was_missing()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return False
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        return bool(client.set(BROKER_MARK, timezone.now().isoformat(), nx=True))
+    finally:
+        client.close()
+
+
+def _rabbitmq_mark_was_missing() -> bool:
+    with app.connection_for_write() as conn:
+        channel = cast(amqp.Channel, conn.channel())
+        try:
+            declared = channel.queue_declare(
+                BROKER_MARK, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"}
+            )
+            _, message_count, _ = declared or ("", 0, 0)
+            if message_count:
+                return False
+            # Straight into the mark queue (the default exchange), which nothing consumes;
+            # confirmed, so the next check sees it.
+            channel.confirm_select()
+            channel.basic_publish_confirm(amqp.Message("mark", delivery_mode=2), exchange="", routing_key=BROKER_MARK)
+            return True
+        finally:
+            channel.close()
+
+
+def purge_broker() -> None:
+    """Every task the broker holds is dropped, and the reset mark with them (tests simulate
+    a lost RabbitMQ with it; a lost Redis is a flushed database)."""
+    with app.connection_for_write() as conn:
+        for name in (*ALL_QUEUES, BROKER_MARK, *_DELAY_QUEUES):
+            channel = cast(amqp.Channel, conn.channel())
+            try:
+                channel.queue_purge(name)
+            except conn.channel_errors:
+                pass  # not declared (yet): nothing in it; the broker closed this channel
+            else:
+                channel.close()

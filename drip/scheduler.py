@@ -18,14 +18,13 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from functools import partial
 
-import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .models import HELD, Message, Step, StepQuerySet
-from .publish import batches, enqueue_sends, enqueue_steps
+from .publish import batches, broker_was_reset, enqueue_sends, enqueue_steps
 
 log = logging.getLogger("drip.scheduler")
 CLAIM_BATCH = 1000
@@ -91,32 +90,42 @@ def wake_held_messages(now: datetime | None = None) -> int:
     with transaction.atomic():
         if not Message.objects.wake_held(token, horizon(now)):
             return 0
-        woken = list(Message.objects.filter(claim_token=token, status=Message.Status.QUEUED).values_list("id", "next_attempt_at"))
-        for message_id, at in woken:
-            transaction.on_commit(partial(enqueue_sends, [message_id], eta=at))
+        woken = list(
+            Message.objects.filter(claim_token=token, status=Message.Status.QUEUED).values_list("id", "channel", "next_attempt_at")
+        )
+        for message_id, channel, at in woken:
+            transaction.on_commit(partial(enqueue_sends, [(message_id, channel)], eta=at))
     return len(woken)
 
 
-BROKER_MARK = "drip:broker-mark"
-
-
-def broker_was_reset() -> bool:
-    """True when the broker lost its data since the last check (flushed, or restarted
-    without persistence): the mark we leave there is gone. Then every enqueued task is
-    lost and the reconciler re-enqueues them all at once, without waiting for due times."""
-    url = settings.CELERY_BROKER_URL
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return False
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        return bool(client.set(BROKER_MARK, timezone.now().isoformat(), nx=True))
-    finally:
-        client.close()
+# pg_try_advisory_xact_lock key of the reconciler ("drip" and 1).
+RECONCILE_LOCK = 0x6472697001
 
 
 def reconcile(now: datetime | None = None) -> dict[str, int]:
-    """Re-enqueue work whose enqueue was lost. Safe to run at any time, any number of times."""
-    now = now or timezone.now()
+    """Re-enqueue work whose enqueue was lost. Every change it makes is conditional, so it is
+    safe at any time; with several beats, one run at a time does it (a transaction-scoped
+    advisory lock on PostgreSQL, which a transaction-mode PgBouncer keeps; the others skip),
+    so two runs never publish the same recovery twice. What it publishes leaves after the
+    whole run commits."""
+    with transaction.atomic():
+        if not _try_advisory_xact_lock(RECONCILE_LOCK):
+            log.info("reconcile skipped: another run holds the lock")
+            return {"steps_reenqueued": 0, "messages_reenqueued": 0, "messages_unknown": 0, "skipped": 1}
+        return _reconcile(now or timezone.now())
+
+
+def _try_advisory_xact_lock(key: int) -> bool:
+    """Held until the surrounding transaction ends; SQLite (one machine, writes serialised
+    anyway) has no such lock and always gets it."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
+        return bool(cursor.fetchone()[0])
+
+
+def _reconcile(now: datetime) -> dict[str, int]:
     # After a broker reset everything enqueued is lost; otherwise only what is overdue by
     # more than the grace (a busy worker may still be about to run the rest).
     everything = broker_was_reset()
@@ -190,18 +199,18 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -
     )
     lost = queued | stuck
     total = 0
-    for rows in _in_batches(lost, ("next_attempt_at",)):
-        ids = [mid for mid, _ in rows]
+    for rows in _in_batches(lost, ("channel", "next_attempt_at")):
+        ids = [mid for mid, _, _ in rows]
         with transaction.atomic():
             Message.objects.filter(id__in=ids).recover_lost_claims(stale, now)
             # One waiting out a retry backoff keeps its time (the sender won't claim it
             # early). Duplicate tasks are harmless: the claim decides.
             Message.objects.filter(id__in=ids).overdue_now(now)
-            due_now = [mid for mid, at in rows if at <= now]
-            waiting = [(mid, at) for mid, at in rows if at > now]
+            due_now = [(mid, channel) for mid, channel, at in rows if at <= now]
+            waiting = [(mid, channel, at) for mid, channel, at in rows if at > now]
             transaction.on_commit(partial(enqueue_sends, due_now))
-            for mid, at in waiting:
-                transaction.on_commit(partial(enqueue_sends, [mid], eta=at))
+            for mid, channel, at in waiting:
+                transaction.on_commit(partial(enqueue_sends, [(mid, channel)], eta=at))
         total += len(rows)
     return total
 

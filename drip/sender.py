@@ -178,9 +178,10 @@ def _hand_back(messages: list[Message], pieces_of: int | None = None) -> None:
         return
     now = timezone.now()
     ids = [m.id for m in messages]
+    pairs = [(m.id, m.channel) for m in messages]
     with transaction.atomic():
         Message.objects.filter(id__in=ids).hand_back(messages[0].claim_token, now)
-        transaction.on_commit(lambda: enqueue_sends(ids, batch_size=pieces_of))
+        transaction.on_commit(lambda: enqueue_sends(pairs, batch_size=pieces_of))
 
 
 def _rate_limit_wait(message: Message) -> float:
@@ -281,14 +282,15 @@ def _requeue(
         # The row is the timer here too: if this countdown task is lost, the reconciler
         # re-enqueues the message once next_attempt_at has passed.
         if _mine(message).update(**fields) and not held:
-            transaction.on_commit(lambda: enqueue_sends([message.id], eta=at))
+            transaction.on_commit(lambda: enqueue_sends([(message.id, message.channel)], eta=at))
 
 
 def requeue_failed(messages: QuerySet[Message]) -> int:
     """An operator's decision, e.g. after checking that an "outcome unknown" send did not
     arrive: failed → queued, with a fresh budget of attempts and lost claims."""
-    ids = list(messages.filter(status=Message.Status.FAILED).values_list("pk", flat=True))
+    pairs = list(messages.filter(status=Message.Status.FAILED).values_list("pk", "channel"))
+    ids = [pk for pk, _ in pairs]
     with transaction.atomic():
         Message.objects.filter(pk__in=ids).requeue_failed(timezone.now())
-        transaction.on_commit(lambda: enqueue_sends(ids))
+        transaction.on_commit(lambda: enqueue_sends(pairs))
     return len(ids)

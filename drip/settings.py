@@ -10,10 +10,17 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
 
 from drip.pacing import parse_frequency_cap, parse_quiet_hours
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# The development settings `make run` writes on first run (README "Quick start"), so every
+# process and a second terminal share them. Real environment variables win (override=False).
+# DRIP_DOTENV_PATH names another file; DRIP_DOTENV=0 skips it (the tests do: tests/settings.py).
+if os.environ.get("DRIP_DOTENV", "1").lower() not in ("0", "false", "no", "off"):
+    load_dotenv(os.environ.get("DRIP_DOTENV_PATH") or BASE_DIR / ".env", override=False)
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -117,7 +124,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Redis / Celery -------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-CELERY_BROKER_URL = REDIS_URL
+# The broker is a choice (redis:// or amqp:// for RabbitMQ quorum queues); the rate limiter
+# stays on Redis either way.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
 DRIP_RATE_LIMIT_REDIS_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -133,6 +142,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat writes each entry's last_run_at after every task it sends (not every 3 min), so
+# /healthz can tell from the database that beat dispatched in the last minute.
+CELERY_BEAT_SYNC_EVERY = 1
 # Celery's Django fixup otherwise closes the database connection around every task: two
 # new PostgreSQL connections per message, the largest single cost of a send. A connection
 # broken by a database restart is dropped before the next task (drip/tasks.py).
@@ -179,6 +191,8 @@ DRIP_RATE_LIMIT_PREFIX = os.environ.get("DRIP_RATE_LIMIT_PREFIX") or "drip:ratel
 DRIP_SMS_QUIET_HOURS = parse_quiet_hours(os.environ.get("DRIP_SMS_QUIET_HOURS") or "21:00-08:00")
 DRIP_FREQUENCY_CAP = parse_frequency_cap(os.environ.get("DRIP_FREQUENCY_CAP") or "off")
 DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
+# Bearer token of GET /metrics; unset, /metrics answers only loopback clients (drip/health.py).
+DRIP_METRICS_TOKEN = os.environ.get("DRIP_METRICS_TOKEN") or ""
 PUBLIC_BASE_URL = (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
 MESSAGE_TEMPLATES_DIR = BASE_DIR / "templates" / "messages"
 

@@ -54,7 +54,7 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
         messages = _messages_for(runnable, now)
         Message.objects.bulk_create(messages)
         # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.
-        queued = [m.pk for m in messages if m.status == Message.Status.QUEUED]
+        queued = [(m.pk, m.channel) for m in messages if m.status == Message.Status.QUEUED]
         transaction.on_commit(lambda: enqueue_sends(queued))
     _log_outcomes(blocked, runnable, messages, now)
 

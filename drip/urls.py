@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from . import api
+from . import api, health, status
 from .inbound import twilio_webhooks, unsubscribe
 from .inbound.email_reports import anymail_urlpatterns
 
@@ -11,6 +11,10 @@ urlpatterns = [
     path("api/events/schema", api.events_schema, name="api-events-schema"),
     # The same door with a trailing slash: APPEND_SLASH cannot redirect a POST.
     path("api/events/", api.events),
+    # A registration's story for producers (drip/status.py); health and metrics (drip/health.py).
+    path("api/registrations/<str:registration_id>", status.registration_status, name="api-registration-status"),
+    path("healthz", health.healthz, name="healthz"),
+    path("metrics", health.metrics, name="metrics"),
     # Inbound (drip/inbound/): the RFC 8058 unsubscribe link (built with its final slash),
     # anymail's tracking webhooks, and Twilio's status and inbound callbacks.
     path("u/<str:token>/", unsubscribe.unsubscribe, name="unsubscribe"),

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.signals import before_task_publish
 
 from celery_app import app as celery_app_instance
-from tests.helpers import SCALE, Ticker, flush_broker
+from tests.helpers import QUEUES, SCALE, Ticker, flush_broker
 from tests.stubs import ProviderStub
 
 
@@ -52,7 +53,7 @@ def worker(transactional_db, providers, celery_app) -> Iterator[object]:
     flush_broker()
     with start_worker(
         celery_app, pool="threads", concurrency=4, perform_ping_check=False,
-        queues=["steps", "messages"], shutdown_timeout=30, loglevel="WARNING",
+        queues=QUEUES, shutdown_timeout=30, loglevel="WARNING",
     ) as w:
         yield w
     flush_broker()
@@ -66,3 +67,17 @@ def beat(worker, settings) -> Iterator[Ticker]:
     yield ticker
     ticker.stop.set()
     ticker.thread.join()
+
+
+@pytest.fixture
+def published() -> Iterator[list[tuple[str, list, object]]]:
+    """Every task this process publishes, as (task name, args, eta): the real publish, seen
+    through Celery's own signal."""
+    seen: list[tuple[str, list, object]] = []
+
+    def record(sender: str, body: tuple, headers: dict, **kwargs: object) -> None:
+        seen.append((headers["task"], list(body[0]), headers.get("eta")))
+
+    before_task_publish.connect(record, weak=False)
+    yield seen
+    before_task_publish.disconnect(record)

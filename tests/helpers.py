@@ -15,9 +15,12 @@ import redis
 from django.conf import settings as django_settings
 from django.db import connection
 
-from drip.models import Message, Registration, Step
+from drip.consent import latest_record
+from drip.models import ConsentRecord, Contact, Message, Registration, Step
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every queue a worker consumes (celery_app.ALL_QUEUES): steps, email, sms, messages.
+QUEUES = ["steps", "email", "sms", "messages"]
 # 24 h of funnel time pass in 4 s of real time; 1 h in about 0.17 s.
 SCALE = 21600
 
@@ -46,13 +49,23 @@ def assert_each_sent_once(providers, expected: int) -> None:
     assert Message.objects.filter(status=Message.Status.SENT).count() == expected
 
 
-def worker_process(providers, env_extra: dict[str, str]) -> subprocess.Popen:
+def worker_process(providers, env_extra: dict[str, str], queues: list[str] = QUEUES) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--queues", ",".join(queues),
+         "--concurrency", "2", "--loglevel", "WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=process_env(providers, env_extra), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def process_env(providers, env_extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a Celery process of the tests: the test database, the test broker
+    (tests.settings), the production backends pointed at the stub."""
     db = connection.settings_dict
     if db["ENGINE"].endswith("sqlite3"):
         database_url = f"sqlite:///{db['NAME']}"
     else:
         database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": database_url,
@@ -66,11 +79,6 @@ def worker_process(providers, env_extra: dict[str, str]) -> subprocess.Popen:
         "TWILIO_API_BASE_URL": providers.url,
         **env_extra,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--queues", "steps,messages",
-         "--concurrency", "2", "--loglevel", "WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
 
 
 def wait_for_worker(timeout: float = 30) -> None:
@@ -82,7 +90,16 @@ def wait_for_worker(timeout: float = 30) -> None:
 
 
 def flush_broker() -> None:
-    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
+    """The broker loses everything: Redis is flushed; RabbitMQ's queues (the delay queues and
+    Drip's reset mark included) are purged, and the rate limiter's Redis flushed as on Redis."""
+    from celery_app import uses_rabbitmq
+    from drip.publish import purge_broker
+
+    if uses_rabbitmq(django_settings.CELERY_BROKER_URL):
+        purge_broker()
+    redis.Redis.from_url(django_settings.DRIP_RATE_LIMIT_REDIS_URL).flushdb()
+    if not uses_rabbitmq(django_settings.CELERY_BROKER_URL):
+        redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
 
 
 class Ticker:
@@ -101,3 +118,10 @@ class Ticker:
         while not self.stop.wait(self.interval):
             for task in self.tasks:
                 task.delay()
+
+
+def current(contact: Contact, channel: str) -> ConsentRecord:
+    """The consent record in force (there must be one)."""
+    record = latest_record(contact, channel)
+    assert record is not None
+    return record

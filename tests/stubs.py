@@ -72,6 +72,8 @@ class ProviderStub:
         self.received: list[Received] = []
         self.failures: dict[str, list[Failure]] = {"email": [], "sms": []}
         self.latency = 0.0
+        self.hangs: dict[str, float] = {}
+        self.released = threading.Event()
         self.lock = threading.Lock()
         self.server, self.url = serve_provider_api(self)
 
@@ -84,10 +86,23 @@ class ProviderStub:
             self.received.clear()
             self.failures = {"email": [], "sms": []}
             self.latency = 0.0
+            self.hangs = {}
+            self.released.set()  # hung requests answer 503 now, recording nothing
+            self.released = threading.Event()
 
     def slow_down(self, seconds: float) -> None:
         """Answer every request this much later, as a provider under load does."""
         self.latency = seconds
+
+    def hang(self, kind: str, seconds: float) -> None:
+        """Every request of this kind waits this long (or until reset), then answers 503."""
+        self.hangs[kind] = seconds
+
+    def _hung(self, kind: str) -> bool:
+        seconds = self.hangs.get(kind, 0.0)
+        if seconds:
+            self.released.wait(seconds)
+        return bool(seconds)
 
     def fail_next(self, kind: str, status: int, body: dict[str, Any] | None = None) -> None:
         with self.lock:
@@ -99,6 +114,8 @@ class ProviderStub:
 
     def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
+        if self._hung("email"):
+            return 503, {"ErrorCode": 500, "Message": "stub hung"}
         data = json.loads(raw)
         failure = self._next_failure("email")
         if failure:  # "{to}" in a canned error stands for the request's recipient
@@ -116,6 +133,8 @@ class ProviderStub:
 
     def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
+        if self._hung("sms"):
+            return 503, {"code": 20503, "message": "stub hung", "status": 503}
         form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         failure = self._next_failure("sms")
         if failure:

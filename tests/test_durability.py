@@ -16,7 +16,7 @@ from drip import scheduler
 from drip.models import Message, Step
 from drip.tasks import run_step, send_message
 from tests.factories import enroll, make_contact, make_event
-from tests.helpers import Ticker, assert_each_sent_once, flush_broker, settled, wait_for_worker, wait_until, worker_process
+from tests.helpers import QUEUES, Ticker, assert_each_sent_once, flush_broker, settled, wait_for_worker, wait_until, worker_process
 
 
 def test_the_same_step_and_message_tasks_delivered_twice_send_once(worker, providers, scaled):
@@ -71,7 +71,7 @@ def test_a_flushed_redis_loses_nothing(transactional_db, providers, celery_app, 
     registrations = [enroll(make_contact(), make_event(starts_in=10)) for _ in range(3)]
     assert Step.objects.filter(status=Step.Status.ENQUEUED).count() == 9
     flush_broker()
-    with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=["steps", "messages"]):
+    with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=QUEUES):
         ticker = Ticker(0.2)
         ticker.thread.start()
         try:
@@ -90,7 +90,7 @@ def test_a_restarted_worker_recovers_the_reminders_it_held(worker, providers, ce
     # The running worker holds the reminders as ETA tasks; stop it and flush Redis too.
     worker.stop()
     flush_broker()
-    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["steps", "messages"]):
+    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=QUEUES):
         ticker = Ticker(0.2)
         ticker.thread.start()
         try:

@@ -6,7 +6,6 @@ tests that check what is published run the callbacks, which needs the Redis `mak
 starts (tests/test_sender.py has the real providers over HTTP)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,6 @@ import requests
 import time_machine
 from anymail.exceptions import AnymailRecipientsRefused
 from anymail.message import AnymailMessage, AnymailRecipientStatus
-from celery.signals import before_task_publish
 from django.utils import timezone
 from twilio.base.exceptions import TwilioRestException
 
@@ -44,20 +42,6 @@ def recording(monkeypatch: pytest.MonkeyPatch, settings) -> RecordingTransport:
     transport = RecordingTransport()
     monkeypatch.setattr("drip.sender.transport_for", lambda channel: transport)
     return transport
-
-
-@pytest.fixture
-def published() -> Iterator[list[tuple[str, list, object]]]:
-    """Every task this process publishes, as (task name, args, eta), seen through Celery's
-    own signal (as in tests/test_batching.py)."""
-    seen: list[tuple[str, list, object]] = []
-
-    def record(sender: str, body: tuple, headers: dict, **kwargs: object) -> None:
-        seen.append((headers["task"], list(body[0]), headers.get("eta")))
-
-    before_task_publish.connect(record, weak=False)
-    yield seen
-    before_task_publish.disconnect(record)
 
 
 def direct(channel: str = Channel.EMAIL, template: str = "reminder_24h", contact: Contact | None = None,

@@ -12,20 +12,14 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from drip.consent import has_consent, latest_record
+from drip.consent import has_consent
 from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, Message
 from tests.factories import enroll, make_contact, make_event
-from tests.helpers import SCALE, settled, wait_until
+from tests.helpers import SCALE, current, settled, wait_until
 
 URL = "/anymail/postmark/tracking/"
 SECRET = "postmark:webhook-s3cret"
 
-
-def current(contact: Contact, channel: str) -> ConsentRecord:
-    """The record in force (there must be one)."""
-    record = latest_record(contact, channel)
-    assert record is not None
-    return record
 
 
 @pytest.fixture

@@ -11,23 +11,17 @@ from django.test import Client
 from django.utils import timezone
 from twilio.request_validator import RequestValidator
 
-from drip.consent import has_consent, latest_record
+from drip.consent import has_consent
 from drip.direct import send_direct
 from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, InboundSms, Message, Registration, Step
 from tests.factories import enroll, make_contact, make_event, register_quietly
-from tests.helpers import settled, wait_until
+from tests.helpers import current, settled, wait_until
 
 TOKEN = "test-auth-token"
 STATUS = "/webhooks/twilio/status/"
 INBOUND = "/webhooks/twilio/inbound/"
 FORM = "application/x-www-form-urlencoded"
 
-
-def current(contact: Contact, channel: str) -> ConsentRecord:
-    """The record in force (there must be one)."""
-    record = latest_record(contact, channel)
-    assert record is not None
-    return record
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ import pytest
 from django.core import checks, signing
 from django.test import Client
 
-from drip.consent import has_consent, latest_record
+from drip.consent import has_consent
 from drip.direct import send_direct
 from drip.inbound.checks import compliance_checks
 from drip.inbound.tokens import BadToken, make_token, read_token
 from drip.models import Channel, ConsentRecord, Contact, Message
 from tests.factories import make_contact, make_event, register_quietly
-from tests.helpers import wait_until
+from tests.helpers import current, wait_until
 from tests.stubs import Received
 
 ADDRESS = "Drip Events Ltd, 1 Example Street, Springfield, USA"
@@ -39,12 +39,6 @@ def header_url(got: Received) -> str:
 def link_path(got: Received) -> str:
     return urlsplit(header_url(got)).path
 
-
-def current(contact: Contact, channel: str) -> ConsentRecord:
-    """The record in force (there must be one)."""
-    record = latest_record(contact, channel)
-    assert record is not None
-    return record
 
 
 @pytest.fixture

@@ -149,12 +149,12 @@ def test_nothing_is_sent_after_expiry(transactional_db, providers, celery_app, s
     """Steps enqueued while no worker runs; the worker comes back after the event started."""
     from celery.contrib.testing.worker import start_worker
 
-    from tests.helpers import flush_broker
+    from tests.helpers import QUEUES, flush_broker
 
     flush_broker()
     registration = enroll(make_contact(), make_event(starts_in=1.5))
     time.sleep(2)
-    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["steps", "messages"]):
+    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=QUEUES):
         wait_until(lambda: settled(registration))
     assert providers.messages() == []
     steps = {s.key: s for s in Step.objects.filter(registration=registration)}

@@ -32,6 +32,9 @@ class ReadOnlyInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # audit rows (delivery reports) stay
+
 
 class DeliveryReportInline(ReadOnlyInline):
     """On the message's page: every report a provider sent about it, oldest first."""

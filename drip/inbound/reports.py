@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from ..consent import record_consent, record_for_address
 from ..models import ConsentRecord, DeliveryReport, Message
@@ -101,20 +100,18 @@ def record_report(message: Message, report: Report) -> DeliveryReport | None:
 
 def apply_report(message: Message, report: Report) -> bool:
     """Move the Message forwards if the report allows it; True when it changed."""
-    now = timezone.now()
     rows = Message.objects.filter(pk=message.pk)
     if report.kind in FIRST_TIME:
-        column = FIRST_TIME[report.kind]
-        return bool(rows.filter(**{f"{column}__isnull": True}).update(**{column: report.occurred_at, "updated_at": now}))
+        return bool(rows.mark_first(FIRST_TIME[report.kind], report.occurred_at))
     if report.kind not in FORWARD:
         return False
     status, sources = FORWARD[report.kind]
-    fields: dict[str, Any] = {"status": status, "updated_at": now}
+    fields: dict[str, Any] = {}
     if status == Status.DELIVERED:
         fields["delivered_at"] = report.occurred_at
     else:
         fields["error"] = f"{report.kind}: {report.detail}" if report.detail else report.kind
-    if rows.filter(status__in=sources).update(**fields):
+    if rows.advance(status, sources, **fields):
         return True
     if status == Status.DELIVERED:
         # Delivered before the sender recorded its own "sent": keep the time, leave the

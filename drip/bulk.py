@@ -1,0 +1,408 @@
+"""Enrollments applied set-based: a list of `event.enrolled` in a constant number of statements.
+
+What `drip.intake.apply.enrolled` does for one item (upsert the contact, record consent,
+upsert the event, check and create the registration, plan its pre-event funnel), done for a
+whole list: everything the list names is read in four queries, the items are then applied in
+order to that state in memory (so a contact or an event named twice behaves as applying the
+items one after the other would), and what changed is written at the end, a statement per
+table (new rows with bulk_create, changed ones with bulk_update, a revocation's unsent
+messages withdrawn with one update per channel, every new registration's steps through
+drip.scheduler.schedule_steps, which inserts them and claims the welcome steps in batches).
+
+Two rare cases go through the per-item services, after writing what came before them: an
+event whose start changes (services.reschedule, once per change) and a cancelled
+registration enrolled again (services.enroll reactivates it). Errors name the item's field
+with the same messages as the per-item path. Runs in the caller's transaction.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
+
+from . import services
+from .consent import NEWEST_FIRST, may_lift, no_consent_reason
+from .errors import FieldError, shown
+from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
+from .planning import enrollment_steps
+from .publish import batches
+from .scheduler import claim_soon, horizon, schedule_steps
+
+log = logging.getLogger("drip.bulk")
+CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "timezone")
+SOURCE = ConsentRecord.Source.API
+DETAIL = "api:event.enrolled"
+BATCH = 5000  # ids per statement: SQLite caps the parameters of one
+
+
+class Wanted(Protocol):
+    """One enrollment as parsed (drip.intake.schema.Enrollment has these attributes)."""
+
+    @property
+    def contact_id(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def registration_id(self) -> str: ...
+    @property
+    def event_title(self) -> str: ...
+    @property
+    def scheduled_at(self) -> datetime: ...
+    @property
+    def contact_email(self) -> str: ...
+    @property
+    def contact_phone(self) -> str | None: ...
+    @property
+    def first_name(self) -> str | None: ...
+    @property
+    def last_name(self) -> str | None: ...
+    @property
+    def timezone(self) -> str | None: ...
+    @property
+    def join_url(self) -> str | None: ...
+    @property
+    def email_consent(self) -> bool | None: ...
+    @property
+    def sms_consent(self) -> bool | None: ...
+
+
+@dataclass
+class Enrolled:
+    """What one item did, in the words of the per-item path ("created", "matched"...)."""
+
+    contact_id: str
+    event_id: str
+    registration_id: str
+    contact: str
+    event: str
+    registration: str
+    event_status: str
+    registration_status: str
+    consent: dict[str, bool]
+    refused: dict[str, str]
+    steps_planned: int = 0
+
+
+@dataclass
+class _Registration:
+    external_id: str
+    contact: str  # external ids: rows not written yet take part too
+    event: str
+    status: str
+    pk: int | None = None
+
+
+@dataclass
+class _Pending:
+    """What the items applied so far changed and the database does not know yet."""
+
+    contacts: list[Contact] = field(default_factory=list)
+    contact_changes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    events: list[Event] = field(default_factory=list)
+    event_changes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    consents: list[ConsentRecord] = field(default_factory=list)
+    revoked: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    registrations: list[tuple[_Registration, Enrolled]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.contacts or self.contact_changes or self.events or self.event_changes or self.consents
+            or self.revoked or self.registrations
+        )
+
+
+def enroll_all(items: Sequence[tuple[str, Wanted]]) -> list[Enrolled]:
+    """Apply the enrollments in order; `items` are (path prefix, data), the prefix naming the
+    item in errors ("[3].data."). Raises FieldError at the first refused item."""
+    return _Run(items).apply()
+
+
+class _Run:
+    def __init__(self, items: Sequence[tuple[str, Wanted]]) -> None:
+        self.items = items
+        self.pending = _Pending()
+        self.contacts: dict[str, Contact] = {}
+        self.events: dict[str, Event] = {}
+        self.by_id: dict[str, _Registration] = {}
+        self.by_pair: dict[tuple[str, str], _Registration] = {}
+        # (granted, source, detail) of the record in force per (contact, channel).
+        self.latest: dict[tuple[str, str], tuple[bool, str, str]] = {}
+
+    # --- reading: four queries ---------------------------------------------------------
+
+    def _load(self) -> None:
+        wanted = [d for _, d in self.items]
+        self.contacts = {c.external_id: c for c in Contact.objects.filter(external_id__in={d.contact_id for d in wanted})}
+        # Locked, as the per-item path locks each: producers changing one event apply in turn.
+        self.events = {
+            e.external_id: e
+            for e in Event.objects.select_for_update().filter(external_id__in={d.event_id for d in wanted}).order_by("pk")
+        }
+        contact_pks = {c.pk: c.external_id for c in self.contacts.values()}
+        event_pks = {e.pk: e.external_id for e in self.events.values()}
+        rows = (
+            Registration.objects.select_for_update(of=("self",))
+            .filter(
+                Q(external_id__in={d.registration_id for d in wanted})
+                | Q(contact_id__in=list(contact_pks), event_id__in=list(event_pks))
+            )
+            .order_by("pk")
+            .values_list("pk", "external_id", "status", "contact__external_id", "event__external_id")
+        )
+        for pk, external_id, status, contact, event in rows:
+            registration = _Registration(external_id, contact, event, status, pk)
+            self.by_id[external_id] = registration
+            self.by_pair[(contact, event)] = registration
+        # The newest record per (contact, channel) is the consent in force (drip.consent.ConsentView).
+        records = (
+            ConsentRecord.objects.filter(contact_id__in=list(contact_pks))
+            .order_by("contact_id", "channel", *NEWEST_FIRST)
+            .values_list("contact_id", "channel", "granted", "source", "detail")
+        )
+        for contact_pk, channel, granted, source, detail in records:
+            self.latest.setdefault((contact_pks[contact_pk], channel), (granted, source, detail))
+
+    # --- applying, in order, in memory -----------------------------------------------
+
+    def apply(self) -> list[Enrolled]:
+        self._load()
+        done = [self._one(at, d) for at, d in self.items]
+        self._flush()
+        return done
+
+    def _one(self, at: str, d: Wanted) -> Enrolled:
+        contact_state = self._contact(d)
+        consent, refused = self._consent(d)
+        event_state = self._event(at, d)
+        registration, registration_state, planned = self._registration(at, d)
+        outcome = Enrolled(
+            d.contact_id, d.event_id, registration.external_id, contact_state, event_state, registration_state,
+            self.events[d.event_id].status, registration.status, consent, refused, planned,
+        )
+        if registration_state == "created":
+            self.pending.registrations.append((registration, outcome))  # its steps are counted when planned
+        return outcome
+
+    def _contact(self, d: Wanted) -> str:
+        given = {
+            "email": d.contact_email, "phone": d.contact_phone, "first_name": d.first_name,
+            "last_name": d.last_name, "timezone": d.timezone,
+        }
+        given = {k: v for k, v in given.items() if v is not None}
+        contact = self.contacts.get(d.contact_id)
+        if contact is None:
+            contact = Contact(external_id=d.contact_id, **given)
+            self.contacts[d.contact_id] = contact
+            self.pending.contacts.append(contact)
+            return "created"
+        changed = [k for k, v in given.items() if getattr(contact, k) != v]
+        for name in changed:
+            setattr(contact, name, given[name])
+        if changed and contact.pk is not None:
+            self.pending.contact_changes[d.contact_id].update(changed)
+        return "updated" if changed else "matched"
+
+    def _consent(self, d: Wanted) -> tuple[dict[str, bool], dict[str, str]]:
+        """drip.consent.record_consent's rule, for each channel the item names."""
+        refused: dict[str, str] = {}
+        channel: str
+        for channel, wanted in ((Channel.EMAIL, d.email_consent), (Channel.SMS, d.sms_consent)):
+            if wanted is None:
+                continue
+            current = self.latest.get((d.contact_id, channel))
+            if current is not None and current[0] == wanted:
+                continue
+            if wanted and current is not None:
+                granted, source, detail = current
+                if not may_lift(ConsentRecord(granted=granted, source=source, detail=detail), SOURCE):
+                    log.info(
+                        "consent grant refused contact=%s channel=%s source=%s: suppressed by %s (%s)",
+                        d.contact_id, channel, SOURCE, source, detail,
+                    )
+                    refused[channel] = f"suppressed by the {source} ({detail})"
+                    continue
+            record = ConsentRecord(
+                contact=self.contacts[d.contact_id], channel=channel, granted=wanted, source=SOURCE, detail=DETAIL
+            )
+            self.latest[(d.contact_id, channel)] = (wanted, SOURCE, DETAIL)
+            self.pending.consents.append(record)
+            if not wanted:
+                self.pending.revoked[channel].add(d.contact_id)
+        consent: dict[str, bool] = {}
+        for name in Channel.values:
+            in_force = self.latest.get((d.contact_id, name))
+            consent[name] = bool(in_force and in_force[0])
+        return consent, refused
+
+    def _event(self, at: str, d: Wanted) -> str:
+        event = self.events.get(d.event_id)
+        if event is None:
+            event = Event(
+                external_id=d.event_id, title=d.event_title, starts_at=d.scheduled_at, timezone=d.timezone or "UTC",
+                join_url=d.join_url or "",
+            )
+            self.events[d.event_id] = event
+            self.pending.events.append(event)
+            return "created"
+        changed = []
+        if event.title != d.event_title:
+            event.title = d.event_title
+            changed.append("title")
+        if d.join_url is not None and event.join_url != d.join_url:
+            event.join_url = d.join_url
+            changed.append("join_url")
+        if changed and event.pk is not None:
+            self.pending.event_changes[d.event_id].update(changed)
+        if event.starts_at == d.scheduled_at:
+            return "updated" if changed else "matched"
+        if event.status != Event.Status.SCHEDULED:
+            raise FieldError(
+                f"event {shown(d.event_id)} is {event.status}: its start can no longer change", f"{at}scheduledAt"
+            )
+        # Re-planning reads the registrations and steps written so far: write them first.
+        self._flush()
+        services.reschedule(event, d.scheduled_at)
+        return "rescheduled"
+
+    def _registration(self, at: str, d: Wanted) -> tuple[_Registration, str, int]:
+        existing = self.by_id.get(d.registration_id)
+        if existing is not None:
+            if existing.contact != d.contact_id:
+                raise FieldError(
+                    f"registration {shown(d.registration_id)} belongs to another contact ({shown(existing.contact)})",
+                    f"{at}registrationId",
+                )
+            if existing.event != d.event_id:
+                raise FieldError(
+                    f"registration {shown(d.registration_id)} belongs to another event ({shown(existing.event)})",
+                    f"{at}registrationId",
+                )
+        else:
+            other = self.by_pair.get((d.contact_id, d.event_id))
+            if other is not None:
+                raise FieldError(
+                    f"contact {shown(d.contact_id)} is already registered for event {shown(d.event_id)}"
+                    f" as registration {shown(other.external_id)}",
+                    f"{at}registrationId",
+                )
+        if existing is None:
+            registration = _Registration(d.registration_id, d.contact_id, d.event_id, Registration.Status.ACTIVE)
+            self.by_id[d.registration_id] = self.by_pair[(d.contact_id, d.event_id)] = registration
+            return registration, "created", 0
+        if existing.status == Registration.Status.ACTIVE:
+            return existing, "matched", 0
+        # Re-enrollment is rare: the service does it, on what has been written so far.
+        self._flush()
+        enrolled = services.enroll(self.contacts[d.contact_id], self.events[d.event_id], d.registration_id)
+        existing.status = enrolled.registration.status
+        return existing, enrolled.state, enrolled.steps_planned
+
+    # --- writing: a statement per table ------------------------------------------------
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, _Pending()
+        if not pending:
+            return
+        now = timezone.now()
+        Contact.objects.bulk_create(pending.contacts)
+        for fields, contacts in _grouped(pending.contact_changes, self.contacts).items():
+            for contact in contacts:
+                contact.updated_at = now
+            Contact.objects.bulk_update(contacts, [*sorted(fields), "updated_at"])
+        # As the per-item path: a queryset update, which leaves updated_at alone.
+        Event.objects.bulk_create(pending.events)
+        for fields, events in _grouped(pending.event_changes, self.events).items():
+            Event.objects.bulk_update(events, sorted(fields))
+        ConsentRecord.objects.bulk_create(pending.consents)
+        for channel, revoked in pending.revoked.items():
+            # At once, not at each message's send-time check: a send batch may hold them.
+            ids = [self.contacts[c].pk for c in revoked]
+            Message.objects.filter(contact_id__in=ids, channel=channel).withdraw(no_consent_reason(channel))
+        self._plan(pending.registrations, now)
+
+    def _plan(self, created: list[tuple[_Registration, Enrolled]], now: datetime) -> None:
+        rows = [
+            Registration(external_id=r.external_id, contact=self.contacts[r.contact], event=self.events[r.event])
+            for r, _ in created
+        ]
+        Registration.objects.bulk_create(rows)
+        for row, (registration, _) in zip(rows, created, strict=True):
+            registration.pk = row.pk
+        if connection.features.can_return_rows_from_bulk_insert:
+            planned = _insert_steps(rows, now)
+        else:  # an old SQLite: the steps as objects, through the scheduler
+            steps = [s for row in rows for s in enrollment_steps(row, now)]
+            planned = {s.registration_id: 0 for s in steps}
+            for step in schedule_steps(steps) if steps else []:
+                planned[step.registration_id] += step.status in Step.OPEN
+        for registration, outcome in created:
+            assert registration.pk is not None
+            outcome.steps_planned = planned.get(registration.pk, 0)
+        if rows:
+            log.info("bulk enrollment: %d registrations created, %d steps open", len(rows), sum(planned.values()))
+
+
+def _insert_steps(registrations: list[Registration], now: datetime) -> dict[int, int]:
+    """Every new registration of an event gets the same steps but for its id: the steps of
+    one registration per event are built by drip.planning (the rules in one place), then one
+    INSERT ... SELECT per step writes it for all of them (as drip.completion does for the
+    post-event funnel), and the steps already due (the welcome) are claimed in batches.
+    Returns the open steps planned per registration."""
+    by_event: dict[int, list[Registration]] = defaultdict(list)
+    for registration in registrations:
+        by_event[registration.event_id].append(registration)
+    planned: dict[int, int] = defaultdict(int)
+    soon: list[int] = []
+    for group in by_event.values():
+        ids = [r.pk for r in group]
+        for template in enrollment_steps(group[0], now):
+            inserted = _insert_for(template, ids, now)
+            if template.status in Step.OPEN:
+                for registration_id in ids:
+                    planned[registration_id] += 1
+            if template.status == Step.Status.PENDING and template.due_at <= horizon(now):
+                soon += inserted
+    claim_soon(soon, now)
+    return planned
+
+
+def _insert_for(template: Step, registration_ids: list[int], now: datetime) -> list[int]:
+    """The template step, for each of these registrations, in batches; their ids."""
+    columns, values, params = [], [], []
+    for column in Step._meta.concrete_fields:
+        if column.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(str(column.column)))
+        if column.attname == "registration_id":
+            values.append("r.id")
+            continue
+        value = now if column.attname == "created_at" else getattr(template, column.attname)
+        values.append("%s")
+        params.append(column.get_db_prep_save(value, connection))
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(Step._meta.db_table)} ({', '.join(columns)}) "
+        f"SELECT {', '.join(values)} FROM {connection.ops.quote_name(Registration._meta.db_table)} r "
+        "WHERE r.id IN ({ids}) ORDER BY r.id RETURNING id"
+    )
+    inserted: list[int] = []
+    with connection.cursor() as cursor:
+        for batch in batches(registration_ids, BATCH):
+            cursor.execute(sql.format(ids=", ".join(["%s"] * len(batch))), [*params, *batch])
+            inserted += [row[0] for row in cursor.fetchall()]
+    return inserted
+
+
+def _grouped(changes: dict[str, set[str]], rows: dict[str, Contact] | dict[str, Event]) -> dict[frozenset[str], list]:
+    """Rows by the set of fields that changed: one UPDATE per set, and a field nobody changed
+    is never written back (a concurrent change to it stays)."""
+    groups: dict[frozenset[str], list] = defaultdict(list)
+    for external_id, fields in changes.items():
+        groups[frozenset(fields)].append(rows[external_id])
+    return groups

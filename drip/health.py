@@ -1,0 +1,327 @@
+"""Health and metrics: `GET /healthz` for a load balancer or a monitor, `GET /metrics` for
+Prometheus, and the Celery signal receivers that leave a worker's heartbeat in Redis.
+
+/healthz checks, each with a short timeout (the whole answer comes within ~3 s even when
+Redis does not answer at all):
+- database: `SELECT 1`;
+- broker: a connection to CELERY_BROKER_URL through the Celery app (redis:// or amqp://);
+- worker: a heartbeat key in Redis (REDIS_URL) younger than HEALTH_WINDOW. Workers write it
+  from Celery's `heartbeat_sent` (every 2 s in a worker with heartbeats on, the default),
+  from `worker_ready`, and after tasks (`task_postrun`, at most every few seconds per
+  process), so a worker started `--without-heartbeat` still shows up while it works;
+- beat: django-celery-beat's PeriodicTask "drip-dispatch-due-steps", whose `last_run_at`
+  beat's DatabaseScheduler writes after every dispatch it sends (CELERY_BEAT_SYNC_EVERY=1).
+
+/metrics counts everything from the database at scrape time (a custom Collector, a handful
+of aggregate queries), so the numbers are right however many worker processes there are.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from celery.signals import heartbeat_sent, task_postrun, worker_ready
+from django.conf import settings
+from django.db import connection
+from django.db.models import Case, CharField, Count, DurationField, ExpressionWrapper, F, Q, Sum, Value, When
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from celery_app import app as celery_app
+
+from .api import token_matches
+from .models import Channel, DeliveryReport, InboundSms, Message, Step
+
+log = logging.getLogger("drip.health")
+
+HEALTH_WINDOW = 60  # seconds: a heartbeat or a beat dispatch older than this is a failure
+HEARTBEAT_PREFIX = "drip:health:worker:"
+HEARTBEAT_TTL = HEALTH_WINDOW
+HEARTBEAT_MIN_GAP = 5.0  # seconds between two heartbeat writes of one process and hostname
+REDIS_TIMEOUT = 1.0
+BROKER_TIMEOUT = 2  # whole seconds (kombu's ensure_connection)
+DISPATCH_TASK_NAME = "drip-dispatch-due-steps"  # celery_app._beat_schedule
+OK = "ok"
+
+
+# --- the worker's heartbeat ---------------------------------------------------------------
+
+_last_write: dict[str, float] = {}
+_last_write_lock = threading.Lock()
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.DRIP_RATE_LIMIT_REDIS_URL, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+    )
+
+
+def record_heartbeat(hostname: str, force: bool = False) -> None:
+    """This worker is alive: a key per hostname that expires after HEALTH_WINDOW. Never
+    raises: a heartbeat that cannot be written must not break a task."""
+    now = time.monotonic()
+    with _last_write_lock:
+        if not force and now - _last_write.get(hostname, -HEARTBEAT_MIN_GAP) < HEARTBEAT_MIN_GAP:
+            return
+        _last_write[hostname] = now
+    try:
+        _redis().set(HEARTBEAT_PREFIX + hostname, datetime.now(UTC).isoformat(), ex=HEARTBEAT_TTL)
+    except redis.RedisError as exc:
+        log.warning("could not record the worker heartbeat of %s: %s", hostname, exc)
+
+
+def _hostname(candidate: object) -> str:
+    name = getattr(candidate, "hostname", None)
+    return str(name) if name else socket.gethostname()
+
+
+def on_heartbeat_sent(sender: Any = None, **kwargs: Any) -> None:
+    # sender is celery.worker.heartbeat.Heart; its event dispatcher knows the worker's name.
+    record_heartbeat(_hostname(getattr(sender, "eventer", None)))
+
+
+def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    record_heartbeat(_hostname(sender), force=True)  # sender: the worker's Consumer
+
+
+def on_task_postrun(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
+    record_heartbeat(_hostname(getattr(task, "request", None)))
+
+
+def connect_signals() -> None:
+    """Called from DripConfig.ready(), so every process that runs a worker has them before
+    its heartbeat starts (Celery only sends heartbeat_sent when it has receivers then)."""
+    heartbeat_sent.connect(on_heartbeat_sent, dispatch_uid="drip.health.heartbeat_sent", weak=False)
+    worker_ready.connect(on_worker_ready, dispatch_uid="drip.health.worker_ready", weak=False)
+    task_postrun.connect(on_task_postrun, dispatch_uid="drip.health.task_postrun", weak=False)
+
+
+# --- the checks ---------------------------------------------------------------------------
+
+_CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
+
+
+def _why(exc: BaseException) -> str:
+    """An error for a public page: its class and text, any URL credentials cut out."""
+    text = _CREDENTIALS.sub(r"\1***@", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+
+
+def check_database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        return f"database unreachable ({_why(exc)})"
+    return OK
+
+
+def check_broker() -> str:
+    conn = celery_app.connection_for_write(url=settings.CELERY_BROKER_URL, connect_timeout=BROKER_TIMEOUT)
+    try:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=1, timeout=BROKER_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001
+        return f"broker unreachable ({_why(exc)})"
+    finally:
+        conn.release()
+    return OK
+
+
+def check_worker() -> str:
+    try:
+        client = _redis()
+        names = [k.decode() if isinstance(k, bytes) else str(k) for k in client.scan_iter(match=HEARTBEAT_PREFIX + "*", count=100)]
+    except redis.RedisError as exc:
+        return f"cannot read worker heartbeats from Redis ({_why(exc)})"
+    if not names:
+        return f"no worker heartbeat in the last {HEALTH_WINDOW} s: is a worker running?"
+    return OK
+
+
+def check_beat(now: datetime | None = None) -> str:
+    from django_celery_beat.models import PeriodicTask
+
+    now = now or timezone.now()
+    try:
+        row = PeriodicTask.objects.filter(name=DISPATCH_TASK_NAME).values("enabled", "last_run_at").first()
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot read beat's schedule ({_why(exc)})"
+    if row is None:
+        return f"beat has never run: no periodic task {DISPATCH_TASK_NAME!r} (start beat with the DatabaseScheduler)"
+    if not row["enabled"]:
+        return f"the periodic task {DISPATCH_TASK_NAME!r} is disabled: no step is dispatched"
+    last: datetime | None = row["last_run_at"]
+    if last is None:
+        return "beat has not dispatched yet"
+    if timezone.is_naive(last):
+        last = timezone.make_aware(last, UTC)
+    age = (now - last).total_seconds()
+    if age > HEALTH_WINDOW:
+        return f"beat's last dispatch was {int(age)} s ago (at {last.astimezone(UTC).isoformat()}): is beat running?"
+    return OK
+
+
+# Redis and the broker are asked at once, each bounded by its own timeout; the database
+# checks run in the request's thread (its connection, and a test's transaction).
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drip-health")
+
+
+def run_checks() -> dict[str, str]:
+    remote: dict[str, Callable[[], str]] = {"broker": check_broker, "worker": check_worker}
+    futures = {name: _pool.submit(fn) for name, fn in remote.items()}
+    checks = {"database": check_database()}
+    for name, future in futures.items():
+        try:
+            checks[name] = future.result(timeout=BROKER_TIMEOUT + 1)
+        except Exception as exc:  # noqa: BLE001 - a timeout included
+            checks[name] = f"no answer in time ({_why(exc)})"
+    checks["beat"] = check_beat() if checks["database"] == OK else "unknown: the database is unreachable"
+    return {name: checks[name] for name in ("database", "broker", "worker", "beat")}
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    checks = run_checks()
+    healthy = all(value == OK for value in checks.values())
+    response = JsonResponse({"status": OK if healthy else "fail", "checks": checks}, status=200 if healthy else 503)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+OVERDUE_AFTER = timedelta(seconds=60)
+LATENESS_WINDOW = timedelta(hours=24)
+LATENESS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+# The sender's and reconciler's own words (drip/sender.py, drip/scheduler.py,
+# drip/inbound/reports.py), matched in this order.
+ERROR_CLASSES: tuple[tuple[str, Q], ...] = (
+    ("permanent", Q(error__endswith="(permanent)")),
+    ("gave_up", Q(error__contains="gave up after")),
+    ("outcome_unknown", Q(error__contains="outcome unknown")),
+    ("delivery_report", Q(error__startswith="failed") | Q(error__startswith="undelivered") | Q(error__startswith="rejected")),
+)
+
+
+def _count_by(queryset: Any, *fields: str) -> dict[tuple[str, ...], int]:
+    return {tuple(str(row[f]) for f in fields): row["n"] for row in queryset.values(*fields).annotate(n=Count("id")).order_by()}
+
+
+class DripCollector(Collector):
+    """Everything counted from the database when Prometheus scrapes."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.now or timezone.now()
+        channels = [c.value for c in Channel]
+
+        messages = GaugeMetricFamily("drip_messages", "Messages by channel and status.", labels=["channel", "status"])
+        by_status = _count_by(Message.objects.all(), "channel", "status")
+        for channel in channels:
+            for status in Message.Status:
+                messages.add_metric([channel, status.value], by_status.get((channel, status.value), 0))
+        yield messages
+
+        steps = GaugeMetricFamily("drip_steps", "Funnel steps by status.", labels=["status"])
+        step_counts = _count_by(Step.objects.all(), "status")
+        for step_status in Step.Status:
+            steps.add_metric([step_status.value], step_counts.get((step_status.value,), 0))
+        yield steps
+
+        overdue = Step.objects.filter(status__in=Step.OPEN, due_at__lt=now - OVERDUE_AFTER).count()
+        yield GaugeMetricFamily(
+            "drip_steps_overdue", f"Steps pending or enqueued more than {int(OVERDUE_AFTER.total_seconds())} s past due.",
+            value=overdue,
+        )
+
+        yield self._lateness(now, channels)
+
+        errors = GaugeMetricFamily(
+            "drip_provider_errors", "Failed messages by channel and error class.", labels=["channel", "class"]
+        )
+        klass = Case(*(When(q, then=Value(name)) for name, q in ERROR_CLASSES), default=Value("other"), output_field=CharField())
+        error_counts = _count_by(Message.objects.filter(status=Message.Status.FAILED).annotate(error_class=klass), "channel", "error_class")
+        for channel in channels:
+            for name in [*(n for n, _ in ERROR_CLASSES), "other"]:
+                errors.add_metric([channel, name], error_counts.get((channel, name), 0))
+        yield errors
+
+        reports = CounterMetricFamily(
+            "drip_delivery_reports", "Delivery reports received from providers, by channel and kind.", labels=["channel", "kind"]
+        )
+        for (channel, kind), n in sorted(_count_by(DeliveryReport.objects.all(), "channel", "kind").items()):
+            reports.add_metric([channel, kind], n)
+        yield reports
+
+        inbound = CounterMetricFamily("drip_inbound_sms", "Inbound SMS received, by kind.", labels=["kind"])
+        inbound_counts = _count_by(InboundSms.objects.all(), "kind")
+        for sms_kind in InboundSms.Kind:
+            inbound.add_metric([sms_kind.value], inbound_counts.get((sms_kind.value,), 0))
+        yield inbound
+
+    def _lateness(self, now: datetime, channels: list[str]) -> HistogramMetricFamily:
+        """sent_at − the step's due_at, for step messages sent in the last 24 h: one query of
+        conditional counts, whatever the number of messages."""
+        lateness = ExpressionWrapper(F("sent_at") - F("step__due_at"), output_field=DurationField())
+        aggregates: dict[str, Any] = {
+            f"le_{i}": Count("id", filter=Q(lateness__lte=timedelta(seconds=bound))) for i, bound in enumerate(LATENESS_BUCKETS)
+        }
+        rows = (
+            Message.objects.filter(step__isnull=False, sent_at__isnull=False, sent_at__gte=now - LATENESS_WINDOW)
+            .annotate(lateness=lateness).values("channel")
+            .annotate(total=Count("id"), seconds=Sum("lateness"), **aggregates).order_by()
+        )
+        family = HistogramMetricFamily(
+            "drip_reminder_lateness_seconds",
+            "How late funnel messages reached the provider (sent_at - step due_at), messages sent in the last 24 h.",
+            labels=["channel"],
+        )
+        found: dict[str, dict[str, Any]] = {str(r["channel"]): dict(r) for r in rows}
+        for channel in channels:
+            row: dict[str, Any] = found.get(channel, {})
+            buckets: list[tuple[str, float]] = [(str(bound), float(row.get(f"le_{i}", 0))) for i, bound in enumerate(LATENESS_BUCKETS)]
+            buckets.append(("+Inf", float(row.get("total", 0))))
+            total: timedelta | None = row.get("seconds")
+            family.add_metric([channel], buckets, sum_value=total.total_seconds() if total is not None else 0.0)
+        return family
+
+
+def client_is_loopback(request: HttpRequest) -> bool:
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    token = settings.DRIP_METRICS_TOKEN
+    if token and not token_matches(request, token):
+        response = HttpResponse("missing or wrong bearer token (Authorization: Bearer $DRIP_METRICS_TOKEN)\n",
+                                status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="drip-metrics"'
+        return response
+    if not token and not client_is_loopback(request):
+        return HttpResponse("/metrics answers only loopback clients while DRIP_METRICS_TOKEN is unset\n",
+                            status=403, content_type="text/plain")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DripCollector())
+    response = HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    response["Cache-Control"] = "no-store"
+    return response

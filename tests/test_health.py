@@ -1,0 +1,267 @@
+"""/healthz with real components (a Celery worker that heartbeats, the real Redis, beat's
+PeriodicTask row) and /metrics parsed back with prometheus_client's own parser."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+from django.conf import settings as django_settings
+from django.utils import timezone
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from prometheus_client.parser import text_string_to_metric_families
+
+from drip import health
+from drip.models import Channel, DeliveryReport, InboundSms, Message, Step
+from tests.factories import enroll, make_contact, make_event
+from tests.helpers import flush_broker, wait_until
+
+# Read once: a test may point the setting at a closed port, and this fixture's teardown
+# runs before that override is undone.
+TEST_REDIS_URL = django_settings.DRIP_RATE_LIMIT_REDIS_URL
+
+
+def clear_heartbeats() -> None:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    for key in client.scan_iter(match=health.HEARTBEAT_PREFIX + "*"):
+        client.delete(key)
+    health._last_write.clear()
+
+
+@pytest.fixture
+def no_heartbeats() -> Iterator[None]:
+    clear_heartbeats()
+    yield
+    clear_heartbeats()
+
+
+@pytest.fixture
+def heartbeating_worker(transactional_db, providers, celery_app, no_heartbeats) -> Iterator[object]:
+    """A worker with Celery's heartbeat on (as in production; conftest's `worker` runs
+    without it, as start_worker does by default)."""
+    flush_broker()
+    with start_worker(
+        celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["steps", "messages"],
+        shutdown_timeout=30, loglevel="WARNING", without_heartbeat=False, hostname="healthz-test@localhost",
+    ) as w:
+        yield w
+    flush_broker()
+
+
+def beat_ran(seconds_ago: float) -> PeriodicTask:
+    """What beat's DatabaseScheduler leaves: the dispatcher's row with its last run."""
+    every, _ = IntervalSchedule.objects.get_or_create(every=5, period=IntervalSchedule.SECONDS)
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=health.DISPATCH_TASK_NAME, defaults={"task": "drip.tasks.dispatch_due_steps", "interval": every, "enabled": True},
+    )
+    PeriodicTask.objects.filter(pk=task.pk).update(last_run_at=timezone.now() - timedelta(seconds=seconds_ago))
+    return task
+
+
+# --- /healthz -----------------------------------------------------------------------------
+
+
+def test_all_ok_with_a_worker_that_heartbeats_and_a_fresh_beat(heartbeating_worker, client):
+    beat_ran(seconds_ago=3)
+    key = health.HEARTBEAT_PREFIX + "healthz-test@localhost"
+    store = redis.Redis.from_url(django_settings.DRIP_RATE_LIMIT_REDIS_URL)
+    wait_until(lambda: store.exists(key), timeout=10)
+    assert 0 < store.ttl(key) <= health.HEARTBEAT_TTL
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "worker": "ok", "beat": "ok"}}
+
+
+def test_heartbeat_sent_keeps_writing_while_the_worker_lives(heartbeating_worker):
+    """Celery's own heartbeat (every 2 s), not only worker_ready: the key is written again."""
+    store = redis.Redis.from_url(django_settings.DRIP_RATE_LIMIT_REDIS_URL)
+    key = health.HEARTBEAT_PREFIX + "healthz-test@localhost"
+    wait_until(lambda: store.exists(key), timeout=10)
+    first = store.get(key)
+    wait_until(lambda: store.get(key) != first, timeout=health.HEARTBEAT_MIN_GAP + 6)
+
+
+def test_a_worker_without_heartbeats_shows_up_through_its_tasks(no_heartbeats, worker, celery_app, client):
+    """conftest's worker runs without Celery's heartbeat (start_worker's default), and a test
+    worker sends no worker_ready either: the first task it runs (task_postrun) records it."""
+    beat_ran(seconds_ago=1)
+    assert client.get("/healthz").json()["checks"]["worker"] != "ok"
+    celery_app.send_task("drip.tasks.dispatch_due_steps")
+    wait_until(lambda: client.get("/healthz").json()["checks"]["worker"] == "ok", timeout=10)
+
+
+def test_no_worker_is_a_503_naming_the_worker(db, client, no_heartbeats):
+    beat_ran(seconds_ago=1)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert (checks["database"], checks["broker"], checks["beat"]) == ("ok", "ok", "ok")
+    assert "no worker heartbeat in the last 60 s" in checks["worker"]
+    assert response.json()["status"] == "fail"
+
+
+def test_a_broker_down_is_a_503_naming_the_broker_within_seconds(db, client, settings, no_heartbeats):
+    beat_ran(seconds_ago=1)
+    health.record_heartbeat("someone@host", force=True)
+    settings.CELERY_BROKER_URL = "redis://:hunter2@127.0.0.1:1/0"  # nothing listens on port 1
+    started = time.monotonic()
+    response = client.get("/healthz")
+    assert time.monotonic() - started < 3.5
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["broker"].startswith("broker unreachable") and checks["worker"] == "ok"
+    assert "hunter2" not in response.content.decode()
+
+
+def test_redis_down_is_a_503_naming_broker_and_worker_within_seconds(db, client, settings, no_heartbeats):
+    beat_ran(seconds_ago=1)
+    settings.CELERY_BROKER_URL = settings.DRIP_RATE_LIMIT_REDIS_URL = "redis://127.0.0.1:1/0"
+    started = time.monotonic()
+    response = client.get("/healthz")
+    assert time.monotonic() - started < 3.5
+    checks = response.json()["checks"]
+    assert response.status_code == 503 and checks["database"] == "ok" and checks["beat"] == "ok"
+    assert checks["broker"].startswith("broker unreachable")
+    assert checks["worker"].startswith("cannot read worker heartbeats from Redis")
+
+
+def test_an_amqp_broker_url_is_checked_too(db, settings):
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:1//"
+    started = time.monotonic()
+    assert health.check_broker().startswith("broker unreachable")
+    assert time.monotonic() - started < 3.5
+
+
+def test_a_stale_beat_is_a_503_naming_beat(db, client, no_heartbeats):
+    health.record_heartbeat("someone@host", force=True)
+    beat_ran(seconds_ago=90)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["worker"] == "ok" and checks["broker"] == "ok"
+    assert checks["beat"].startswith("beat's last dispatch was 9") and "is beat running?" in checks["beat"]
+
+
+def test_beat_that_never_ran_or_is_disabled_is_a_503(db, client, no_heartbeats):
+    health.record_heartbeat("someone@host", force=True)
+    assert "beat has never run" in client.get("/healthz").json()["checks"]["beat"]
+    task = beat_ran(seconds_ago=1)
+    PeriodicTask.objects.filter(pk=task.pk).update(enabled=False)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and "disabled" in response.json()["checks"]["beat"]
+
+
+def test_healthz_needs_no_token(db, client, settings, no_heartbeats):
+    settings.DRIP_API_TOKEN = "secret"
+    settings.DRIP_METRICS_TOKEN = "other"
+    health.record_heartbeat("someone@host", force=True)
+    beat_ran(seconds_ago=1)
+    assert client.get("/healthz").status_code == 200
+
+
+# --- /metrics -----------------------------------------------------------------------------
+
+
+def scrape(client: Any, **headers: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain")
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def sample(samples: dict[str, Any], name: str, **labels: str) -> float:
+    return samples[name][tuple(sorted(labels.items()))]
+
+
+def message(registration: Any, step: Step | None = None, **fields: Any) -> Message:
+    data: dict[str, Any] = {"contact": registration.contact, "registration": registration, "step": step, "channel": Channel.EMAIL,
+                            "template_type": "welcome", "status": Message.Status.SENT}
+    data.update(fields)
+    return Message.objects.create(**data)
+
+
+def test_metrics_count_from_the_database(db, client, django_assert_max_num_queries):
+    now = timezone.now()
+    registration = enroll(make_contact(), make_event())
+    steps = {s.key: s for s in registration.steps.all()}
+    # Two reminders sent 2 s and 40 s after they were due, one old send outside the 24 h window.
+    Step.objects.filter(pk=steps["reminder_24h"].pk).update(due_at=now - timedelta(seconds=100), status=Step.Status.DONE)
+    Step.objects.filter(pk=steps["reminder_1h"].pk).update(due_at=now - timedelta(seconds=300), status=Step.Status.PENDING)
+    Step.objects.filter(pk=steps["welcome"].pk).update(due_at=now - timedelta(days=2), status=Step.Status.DONE)
+    late2 = message(registration, steps["reminder_24h"], template_type="reminder_24h", sent_at=now - timedelta(seconds=98))
+    message(registration, steps["reminder_24h"], channel=Channel.SMS, template_type="reminder_24h",
+            sent_at=now - timedelta(seconds=60), status=Message.Status.DELIVERED)
+    message(registration, steps["welcome"], sent_at=now - timedelta(days=2))
+    message(registration, channel=Channel.SMS, status=Message.Status.FAILED, error="twilio 21211: invalid number (permanent)")
+    message(registration, status=Message.Status.FAILED, error="email provider unreachable: timeout (gave up after 5 attempts)")
+    message(registration, status=Message.Status.FAILED, error="worker lost during the provider call: outcome unknown, not resent")
+    message(registration, status=Message.Status.FAILED, error="undelivered: 30003")
+    message(registration, status=Message.Status.FAILED, error="something odd")
+    for i, kind in enumerate(["delivered", "delivered", "opened"]):
+        DeliveryReport.objects.create(message=late2, channel="email", kind=kind, occurred_at=now, provider="postmark", dedupe_key=f"k{i}")
+    InboundSms.objects.create(from_number="+14155550100", body="STOP", kind=InboundSms.Kind.OPT_OUT)
+    InboundSms.objects.create(from_number="+14155550100", body="hello", kind=InboundSms.Kind.OTHER)
+
+    with django_assert_max_num_queries(8):
+        samples = scrape(client)
+
+    assert sample(samples, "drip_messages", channel="email", status="sent") == 2
+    assert sample(samples, "drip_messages", channel="email", status="failed") == 4
+    assert sample(samples, "drip_messages", channel="sms", status="delivered") == 1
+    assert sample(samples, "drip_messages", channel="sms", status="bounced") == 0
+    assert sample(samples, "drip_steps", status="done") == 2 and sample(samples, "drip_steps", status="pending") == 1
+    assert sample(samples, "drip_steps", status="failed") == 0
+    assert sample(samples, "drip_steps_overdue") == 1
+    # Lateness: email 2 s late, sms 40 s late; the welcome of two days ago is outside the window.
+    assert sample(samples, "drip_reminder_lateness_seconds_count", channel="email") == 1
+    assert sample(samples, "drip_reminder_lateness_seconds_bucket", channel="email", le="1.0") == 0
+    assert sample(samples, "drip_reminder_lateness_seconds_bucket", channel="email", le="5.0") == 1
+    assert sample(samples, "drip_reminder_lateness_seconds_bucket", channel="sms", le="30.0") == 0
+    assert sample(samples, "drip_reminder_lateness_seconds_bucket", channel="sms", le="60.0") == 1
+    assert sample(samples, "drip_reminder_lateness_seconds_bucket", channel="sms", le="+Inf") == 1
+    assert sample(samples, "drip_reminder_lateness_seconds_sum", channel="email") == pytest.approx(2, abs=0.01)
+    assert sample(samples, "drip_reminder_lateness_seconds_sum", channel="sms") == pytest.approx(40, abs=0.01)
+    assert sample(samples, "drip_provider_errors", channel="sms", **{"class": "permanent"}) == 1
+    assert sample(samples, "drip_provider_errors", channel="email", **{"class": "gave_up"}) == 1
+    assert sample(samples, "drip_provider_errors", channel="email", **{"class": "outcome_unknown"}) == 1
+    assert sample(samples, "drip_provider_errors", channel="email", **{"class": "delivery_report"}) == 1
+    assert sample(samples, "drip_provider_errors", channel="email", **{"class": "other"}) == 1
+    assert sample(samples, "drip_provider_errors", channel="email", **{"class": "permanent"}) == 0
+    assert sample(samples, "drip_delivery_reports_total", channel="email", kind="delivered") == 2
+    assert sample(samples, "drip_delivery_reports_total", channel="email", kind="opened") == 1
+    assert sample(samples, "drip_inbound_sms_total", kind="opt_out") == 1
+    assert sample(samples, "drip_inbound_sms_total", kind="other") == 1
+    assert sample(samples, "drip_inbound_sms_total", kind="help") == 0
+
+
+def test_metrics_query_count_does_not_grow(db, client, django_assert_max_num_queries):
+    registration = enroll(make_contact(), make_event())
+    for n in range(60):
+        message(registration, status=Message.Status.FAILED, error=f"boom {n} (permanent)")
+    with django_assert_max_num_queries(8):
+        samples = scrape(client)
+    assert sample(samples, "drip_provider_errors", channel="email", **{"class": "permanent"}) == 60
+
+
+def test_metrics_without_a_token_answer_only_loopback(db, client, settings):
+    settings.DRIP_METRICS_TOKEN = ""
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
+    response = client.get("/metrics", REMOTE_ADDR="203.0.113.9")
+    assert response.status_code == 403 and b"DRIP_METRICS_TOKEN" in response.content
+
+
+def test_metrics_with_a_token_need_it_from_everyone(db, client, settings):
+    settings.DRIP_METRICS_TOKEN = "m3trics"
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 401
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.9", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = client.get("/metrics", REMOTE_ADDR="203.0.113.9", headers={"Authorization": "Bearer m3trics"})
+    assert ok.status_code == 200 and b"drip_messages" in ok.content
