@@ -31,7 +31,7 @@ from . import services
 from .consent import NEWEST_FIRST, may_lift, no_consent_reason
 from .errors import FieldError, shown
 from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
-from .planning import enrollment_steps
+from .planning import enrollment_steps, step_insert_select
 from .publish import batches
 from .scheduler import claim_soon, horizon, schedule_steps
 
@@ -375,20 +375,9 @@ def _insert_steps(registrations: list[Registration], now: datetime) -> dict[int,
 
 def _insert_for(template: Step, registration_ids: list[int], now: datetime) -> list[int]:
     """The template step, for each of these registrations, in batches; their ids."""
-    columns, values, params = [], [], []
-    for column in Step._meta.concrete_fields:
-        if column.primary_key:
-            continue
-        columns.append(connection.ops.quote_name(str(column.column)))
-        if column.attname == "registration_id":
-            values.append("r.id")
-            continue
-        value = now if column.attname == "created_at" else getattr(template, column.attname)
-        values.append("%s")
-        params.append(column.get_db_prep_save(value, connection))
+    insert, params = step_insert_select(template, now)
     sql = (
-        f"INSERT INTO {connection.ops.quote_name(Step._meta.db_table)} ({', '.join(columns)}) "
-        f"SELECT {', '.join(values)} FROM {connection.ops.quote_name(Registration._meta.db_table)} r "
+        insert +
         "WHERE r.id IN ({ids}) ORDER BY r.id RETURNING id"
     )
     inserted: list[int] = []

@@ -16,7 +16,7 @@ from django.utils import timezone
 from .errors import FieldError
 from .funnels import ATTENDED, NO_SHOW, Funnel, Trigger, registered, started_by
 from .models import Event, Registration, Step
-from .planning import build_step, cancel_steps
+from .planning import build_step, cancel_steps, step_insert_select
 from .publish import batches
 from .scheduler import claim_soon, horizon, schedule_steps
 
@@ -148,20 +148,9 @@ def _insert_for_branch(event: Event, template: Step, funnel: Funnel, branch: str
     differ only in registration_id: the database builds them, and 100,000 registrations
     cost six statements instead of 300,000 Python objects. The template comes from
     build_step, so the rules live in one place."""
-    columns, values, params = [], [], []
-    for column in Step._meta.concrete_fields:
-        if column.primary_key:
-            continue
-        columns.append(connection.ops.quote_name(str(column.column)))
-        if column.attname == "registration_id":
-            values.append("r.id")
-            continue
-        value = now if column.attname == "created_at" else getattr(template, column.attname)
-        values.append("%s")
-        params.append(column.get_db_prep_save(value, connection))
+    insert, params = step_insert_select(template, now)
     sql = (
-        f"INSERT INTO {connection.ops.quote_name(Step._meta.db_table)} ({', '.join(columns)}) "
-        f"SELECT {', '.join(values)} FROM {connection.ops.quote_name(Registration._meta.db_table)} r "
+        insert +
         f"WHERE r.event_id = %s AND r.status = %s{_branch_test(funnel, branch)}"
     )
     with connection.cursor() as cursor:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
@@ -181,3 +182,27 @@ def _log_plan(steps: list[Step]) -> None:
             "planned %s/%s due %s: %s%s [registration=%s step=%s]",
             step.funnel, step.key, step.due_at.isoformat(), step.status, extra, step.registration_id, step.pk,
         )
+
+
+def step_insert_select(template: Step, now: datetime) -> tuple[str, list[Any]]:
+    """`INSERT INTO step (...) SELECT ... FROM registration r ` writing `template` once per
+    selected registration (the caller adds the WHERE), and its parameters. Bulk planning
+    (a completion's fan-out, a list of enrollments) lets the database build the rows, which
+    differ only in registration_id; the template comes from build_step, so the rules live
+    in one place."""
+    columns, values, params = [], [], []
+    for column in Step._meta.concrete_fields:
+        if column.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(str(column.column)))
+        if column.attname == "registration_id":
+            values.append("r.id")
+            continue
+        value = now if column.attname == "created_at" else getattr(template, column.attname)
+        values.append("%s")
+        params.append(column.get_db_prep_save(value, connection))
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(Step._meta.db_table)} ({', '.join(columns)}) "
+        f"SELECT {', '.join(values)} FROM {connection.ops.quote_name(Registration._meta.db_table)} r "
+    )
+    return sql, params
