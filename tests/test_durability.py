@@ -65,10 +65,10 @@ def test_a_flushed_redis_loses_nothing(transactional_db, providers, celery_app, 
     them from the Step rows and every message goes out exactly once."""
     flush_broker()
     scaled.DRIP_RECONCILE_GRACE = 1.0
-    # 1 h of funnel time is a third of a second here: room for the recovered 1 h reminders to
-    # reach the stub before the start on a loaded 2-core machine (at 21600 it was 0.17 s).
-    scaled.DRIP_TIME_SCALE = 10800
-    registrations = [enroll(make_contact(), make_event(starts_in=10)) for _ in range(3)]
+    # 1 h of funnel time is half a second here: room for the recovered 1 h reminders to reach
+    # the stub before the start on a 2-core machine (at 21600 it was 0.17 s).
+    scaled.DRIP_TIME_SCALE = 7200
+    registrations = [enroll(make_contact(), make_event(starts_in=14)) for _ in range(3)]
     assert Step.objects.filter(status=Step.Status.ENQUEUED).count() == 9
     flush_broker()
     with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=QUEUES):
