@@ -76,12 +76,19 @@ class ConsentInline(NoDelete, admin.TabularInline):
     model = ConsentRecord
     extra = 0
     can_delete = False
-    fields = ("created_at", "channel", "granted", "source", "detail", "reason")
+    fields = ("recorded", "channel", "granted", "source", "detail", "reason")
     readonly_fields = fields
     verbose_name_plural = "Consent history (newest first)"
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ConsentRecord]:
+        return super().get_queryset(request).select_related("contact")
+
+    @admin.display(description="when")
+    def recorded(self, record: ConsentRecord) -> SafeString | str:
+        return when(record.created_at, record.contact.timezone)
 
 
 class ContactForm(forms.ModelForm):

@@ -18,6 +18,7 @@ urlpatterns = [
     # Inbound (drip/inbound/): the RFC 8058 unsubscribe link (built with its final slash),
     # anymail's tracking webhooks, and Twilio's status and inbound callbacks.
     path("u/<str:token>/", unsubscribe.unsubscribe, name="unsubscribe"),
+    path("u/<str:token>", unsubscribe.unsubscribe),  # a link whose final slash a mail client dropped
     path("anymail/", include((anymail_urlpatterns(), "anymail"))),
     path("webhooks/twilio/status/", twilio_webhooks.status_callback, name="twilio-status"),
     path("webhooks/twilio/inbound/", twilio_webhooks.inbound_sms, name="twilio-inbound"),

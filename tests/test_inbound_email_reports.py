@@ -261,3 +261,14 @@ def test_a_bounce_between_planning_and_sending_stops_the_next_email(worker, prov
     assert set(Message.objects.filter(channel=Channel.EMAIL).exclude(pk=message.pk).values_list("status", flat=True)) == {
         Message.Status.SKIPPED}
 
+
+
+@pytest.mark.parametrize("body", ["garbage{", "[1]", '"a string"', ""])
+def test_a_malformed_report_is_a_400_and_writes_nothing(client, db, secret, body):
+    message = sent_email()
+    headers = {"Authorization": "Basic " + base64.b64encode(SECRET.encode()).decode()}
+    response = client.post(URL, body, content_type="application/json", headers=headers)
+    assert response.status_code == 400
+    assert DeliveryReport.objects.count() == 0
+    message.refresh_from_db()
+    assert message.status == Message.Status.SENT

@@ -168,3 +168,20 @@ def test_a_missing_sender_address_is_a_startup_warning_when_debug_is_off(setting
     assert "drip.W001" not in [w.id for w in compliance_checks()]
     settings.DEBUG = True
     assert compliance_checks() == []
+
+
+def test_a_link_whose_final_slash_was_dropped_still_unsubscribes_with_no_redirect(db, mailbox, settings):
+    for debug in (True, False):  # DEBUG turns APPEND_SLASH's POST redirect into an error page
+        settings.DEBUG = debug
+        contact = make_contact()
+        response = one_click(mailbox, f"/u/{make_token(contact.pk)}")
+        assert response.status_code == 200 and not response.has_header("Location")
+        assert current(contact, Channel.EMAIL).detail == "unsubscribe:one-click"
+
+
+def test_a_post_to_any_other_slashless_url_is_a_404_never_an_error_or_a_redirect(db, mailbox, settings):
+    for debug in (True, False):
+        settings.DEBUG = debug
+        response = mailbox.post("/anymail/postmark/tracking", "{}", content_type="application/json")
+        assert response.status_code == 404 and not response.has_header("Location")
+    assert mailbox.get("/admin").status_code == 301  # GET keeps Django's slash redirect

@@ -10,7 +10,7 @@ from typing import Any
 
 from anymail.signals import AnymailTrackingEvent, EventType, RejectReason
 from anymail.utils import get_anymail_setting
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.urls import URLPattern
 from django.utils import timezone
 
@@ -111,7 +111,14 @@ def require_webhook_secret(view: Callable[..., HttpResponse]) -> Callable[..., H
         if not get_anymail_setting("webhook_secret", default=None):
             log.error("anymail webhook refused: set ANYMAIL_WEBHOOK_SECRET (user:password) to accept reports")
             return HttpResponseForbidden("ANYMAIL_WEBHOOK_SECRET is not configured")
-        return view(request, *args, **kwargs)
+        try:
+            return view(request, *args, **kwargs)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # anymail parses the ESP's body as it expects it; a body of another shape (not
+            # JSON, a list of numbers) is the sender's error, not ours: a 400, not a 500.
+            # Logged with its traceback, since a bug of ours would look the same.
+            log.warning("anymail webhook refused a malformed report: %s: %s", type(exc).__name__, exc, exc_info=True)
+            return HttpResponseBadRequest("malformed report")
 
     return guarded
 
