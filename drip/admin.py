@@ -8,24 +8,26 @@ from zoneinfo import ZoneInfo
 
 import django_celery_beat.admin  # noqa: F401  (registers the beat tables, hidden below)
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from . import services
 from .consent import has_consent, latest_record, may_lift, record_consent
-from .console import attention, csv_import, funnel, preview, timeline
+from .console import attention, csv_import, funnel, jobs, preview, timeline
 from .console.display import short, step_outcome, when, when_short
 from .errors import FieldError
 from .fastforward import run_steps_now
 from .inbound.admin import DeliveryReportInline, SuppressedFilter, consent_now
-from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
+from .models import Channel, ConsentRecord, ConsoleJob, Contact, Event, Message, Registration, Step
 from .rendering import format_when
 from .sender import requeue_failed
 from .validation import normalize_phone, validate_timezone
@@ -163,6 +165,9 @@ class ContactAdmin(admin.ModelAdmin):
             event: Event = form.cleaned_data["event"]
             text = form.cleaned_data["csv_text"]
             checked = csv_import.plan(text, event)
+            if "confirm" in request.POST and checked.ok and len(checked.rows) > settings.DRIP_IMPORT_INLINE_ROWS:
+                job = jobs.start_import(event, csv_import.items_of(checked), request.user.pk)
+                return HttpResponseRedirect(reverse("admin:drip_consolejob_progress", args=[job.pk]))
             if "confirm" in request.POST and checked.ok:
                 counts = csv_import.import_rows(checked)
                 summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
@@ -310,11 +315,14 @@ class EventAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         if obj.starts_at != new_start:
             try:
-                moved = services.reschedule(obj, new_start)
+                done = services.reschedule(obj, new_start)
             except FieldError as exc:
                 self.message_user(request, f"The start was not changed: {exc}", messages.ERROR)
                 return
-            self.message_user(request, f"{moved} reminder(s) planned for the new start.", messages.INFO)
+            self.message_user(request, (
+                f"{done.reminders_moved} reminder(s) moved to the new start; "
+                f"{done.notices_queued} “new time” email(s) queued."
+            ), messages.INFO)
 
     @admin.display(description="start (UTC)", ordering="starts_at")
     def start_utc(self, event: Event) -> str:
@@ -346,6 +354,10 @@ class EventAdmin(admin.ModelAdmin):
         if "apply" in request.POST and form.is_valid():
             attended = {r.pk for r in form.cleaned_data["attended"]}
             force = bool(form.cleaned_data.get("ended_early"))
+            registrations = event.registrations.filter(status=Registration.Status.ACTIVE).count()
+            if event.status == Event.Status.SCHEDULED and registrations > settings.DRIP_COMPLETE_INLINE_REGISTRATIONS:
+                return self.complete_in_background(request, event, attended, form.cleaned_data["completed_at"], force,
+                                                   registrations)
             try:
                 summary = services.complete_event(event, attended, form.cleaned_data["completed_at"], force=force)
             except FieldError as exc:
@@ -367,6 +379,20 @@ class EventAdmin(admin.ModelAdmin):
              "starts_in_future": "ended_early" in form.fields, "local_start": self.local_start(event)},
         )
 
+    def complete_in_background(self, request: HttpRequest, event: Event, attended: set[int],
+                               completed_at: datetime | None, force: bool, total: int) -> HttpResponse | None:
+        """A large event completes in a task (drip.console.jobs) and the operator watches its
+        progress page; a completion the service would refuse is refused here, at once."""
+        completed_at = completed_at or timezone.now()
+        try:
+            services.check_completable(event, completed_at, force)
+        except FieldError as exc:
+            hint = " Tick “Yes, it ended before its scheduled start” to complete it anyway." if exc.field == "completedAt" else ""
+            self.message_user(request, f"Not completed: {exc}.{hint}", messages.ERROR)
+            return None
+        job = jobs.start_completion(event, attended, completed_at, force, total, request.user.pk)
+        return HttpResponseRedirect(reverse("admin:drip_consolejob_progress", args=[job.pk]))
+
     @admin.action(description="Cancel selected events (stops their pending steps)")
     def cancel_events(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
         count = 0
@@ -374,6 +400,58 @@ class EventAdmin(admin.ModelAdmin):
             services.cancel_event(event)
             count += 1
         self.message_user(request, f"Cancelled {count} event(s); completed events are left as they are.")
+
+
+@admin.register(ConsoleJob)
+class ConsoleJobAdmin(NoDelete, admin.ModelAdmin):
+    """Large CSV imports and completions, run by a task; each has a progress page."""
+
+    list_display = ("id", "kind", "event", "status", "progress_shown", "created_by", "created_at", "finished_at")
+    list_filter = ("kind", "status")
+    list_select_related = ("event", "created_by")
+    readonly_fields = ("kind", "event", "created_by", "status", "total", "done", "result", "error", "attempts",
+                       "created_at", "started_at", "finished_at")
+    exclude = ("payload", "claim_token")
+
+    @admin.display(description="progress")
+    def progress_shown(self, job: ConsoleJob) -> SafeString:
+        url = reverse("admin:drip_consolejob_progress", args=[job.pk])
+        return format_html('<a href="{}">{} / {}</a>', url, jobs.progress(job), job.total)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.progress_view)
+        return [path("<int:pk>/progress/", view, name="drip_consolejob_progress"), *super().get_urls()]
+
+    def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Server-rendered; reloads itself (a meta refresh) until the job has finished."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        job = ConsoleJob.objects.select_related("event", "created_by").filter(pk=pk).first()
+        if job is None:
+            raise Http404(f"no console job {pk}")
+        if request.method == "POST" and "retry" in request.POST and jobs.stalled(job):
+            jobs.retry(job)
+            self.message_user(request, "Published the job again; it runs if no worker holds it.", messages.INFO)
+            return HttpResponseRedirect(request.path)
+        done = jobs.progress(job)
+        return TemplateResponse(request, "admin/drip/job_progress.html", {
+            **self.admin_site.each_context(request), "job": job, "done": done,
+            "percent": 100 * done // job.total if job.total else (100 if job.finished else 0),
+            "stalled": jobs.stalled(job), "next_url": self._next_url(job),
+            "title": f"{job.get_kind_display()}: {job.event.title}", "opts": self.model._meta,
+        })
+
+    @staticmethod
+    def _next_url(job: ConsoleJob) -> str:
+        if job.kind == ConsoleJob.Kind.IMPORT:
+            return reverse("admin:drip_registration_changelist") + f"?event__id__exact={job.event_id}"
+        return reverse("admin:drip_event_change", args=[job.event_id])
 
 
 class StepInline(NoDelete, admin.TabularInline):

@@ -88,6 +88,7 @@ class Enrolled:
     consent: dict[str, bool]
     refused: dict[str, str]
     steps_planned: int = 0
+    rescheduled: services.Rescheduled | None = None  # the event's start moved with this item
 
 
 @dataclass
@@ -180,11 +181,11 @@ class _Run:
     def _one(self, at: str, d: Wanted) -> Enrolled:
         contact_state = self._contact(d)
         consent, refused = self._consent(d)
-        event_state = self._event(at, d)
+        event_state, rescheduled = self._event(at, d)
         registration, registration_state, planned = self._registration(at, d)
         outcome = Enrolled(
             d.contact_id, d.event_id, registration.external_id, contact_state, event_state, registration_state,
-            self.events[d.event_id].status, registration.status, consent, refused, planned,
+            self.events[d.event_id].status, registration.status, consent, refused, planned, rescheduled,
         )
         if registration_state == "created":
             self.pending.registrations.append((registration, outcome))  # its steps are counted when planned
@@ -241,7 +242,7 @@ class _Run:
             consent[name] = bool(in_force and in_force[0])
         return consent, refused
 
-    def _event(self, at: str, d: Wanted) -> str:
+    def _event(self, at: str, d: Wanted) -> tuple[str, services.Rescheduled | None]:
         event = self.events.get(d.event_id)
         if event is None:
             event = Event(
@@ -250,7 +251,7 @@ class _Run:
             )
             self.events[d.event_id] = event
             self.pending.events.append(event)
-            return "created"
+            return "created", None
         changed = []
         if event.title != d.event_title:
             event.title = d.event_title
@@ -261,15 +262,14 @@ class _Run:
         if changed and event.pk is not None:
             self.pending.event_changes[d.event_id].update(changed)
         if event.starts_at == d.scheduled_at:
-            return "updated" if changed else "matched"
+            return ("updated" if changed else "matched"), None
         if event.status != Event.Status.SCHEDULED:
             raise FieldError(
                 f"event {shown(d.event_id)} is {event.status}: its start can no longer change", f"{at}scheduledAt"
             )
         # Re-planning reads the registrations and steps written so far: write them first.
         self._flush()
-        services.reschedule(event, d.scheduled_at)
-        return "rescheduled"
+        return "rescheduled", services.reschedule(event, d.scheduled_at)
 
     def _registration(self, at: str, d: Wanted) -> tuple[_Registration, str, int]:
         existing = self.by_id.get(d.registration_id)

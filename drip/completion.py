@@ -90,14 +90,7 @@ def complete_event(
         summary.already_completed = True
         summary.completed_at = event.completed_at or completed_at
         return summary
-    if event.status == Event.Status.CANCELLED:
-        raise FieldError(f"event {event.external_id} is cancelled and cannot be completed", "eventId")
-    if completed_at < event.starts_at and not force:
-        raise FieldError(
-            f"completedAt {completed_at.isoformat()} is before the event's scheduled start {event.starts_at.isoformat()};"
-            " send force: true (--force) if it really ended before it was due to begin",
-            "completedAt",
-        )
+    check_completable(event, completed_at, force)
     with transaction.atomic():
         locked = Event.objects.select_for_update().get(pk=event.pk)
         if locked.status == Event.Status.COMPLETED:  # a concurrent completion won
@@ -112,6 +105,19 @@ def complete_event(
     event.refresh_from_db()
     log.info("event %s completed: %s", event.external_id, summary.as_dict())
     return summary
+
+
+def check_completable(event: Event, completed_at: datetime, force: bool = False) -> None:
+    """Raise FieldError when this completion would be refused (before any work: the console
+    says so at once rather than from a background job)."""
+    if event.status == Event.Status.CANCELLED:
+        raise FieldError(f"event {event.external_id} is cancelled and cannot be completed", "eventId")
+    if completed_at < event.starts_at and not force:
+        raise FieldError(
+            f"completedAt {completed_at.isoformat()} is before the event's scheduled start {event.starts_at.isoformat()};"
+            " send force: true (--force) if it really ended before it was due to begin",
+            "completedAt",
+        )
 
 
 def _plan_all(event: Event, attended: Iterable[int], completed_at: datetime, now: datetime,

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F
 from django.utils import timezone
@@ -478,3 +479,72 @@ class InboundSms(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_number}: {self.body[:40]}"
+
+
+class ConsoleJobQuerySet(models.QuerySet["ConsoleJob"]):
+    """A job's transitions, each one conditional UPDATE (as for steps and messages)."""
+
+    def claim(self, token: str, now: datetime, stale: datetime) -> int:
+        """Queued, or left running by a worker that died before its transaction committed
+        (nothing of it was written: the work and its "done" commit together)."""
+        return self.filter(
+            models.Q(status=ConsoleJob.Status.QUEUED) | models.Q(status=ConsoleJob.Status.RUNNING, started_at__lt=stale)
+        ).update(status=ConsoleJob.Status.RUNNING, claim_token=token, started_at=now, attempts=F("attempts") + 1)
+
+    def finish(self, token: str, done: int, result: dict[str, Any], now: datetime) -> int:
+        return self.filter(status=ConsoleJob.Status.RUNNING, claim_token=token).update(
+            status=ConsoleJob.Status.DONE, done=done, result=result, error="", finished_at=now
+        )
+
+    def fail(self, token: str, error: str, now: datetime) -> int:
+        return self.filter(status=ConsoleJob.Status.RUNNING, claim_token=token).update(
+            status=ConsoleJob.Status.FAILED, error=error[:2000], finished_at=now
+        )
+
+
+class ConsoleJob(models.Model):
+    """Work an operator started in the console that is too large for one request (a CSV
+    import, completing a large event). The row carries everything the task needs (the task
+    carries only its id) and, once finished, the outcome the progress page shows."""
+
+    class Kind(models.TextChoices):
+        IMPORT = "import", "CSV import"
+        COMPLETE = "complete", "Complete event"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    FINISHED = (Status.DONE, Status.FAILED)
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="console_jobs")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    # The validated input: intake items for an import; attendance and options for a completion.
+    payload = models.JSONField(default=dict)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0, help_text="Written when the job finishes; live progress is in Redis.")
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    claim_token = models.CharField(max_length=36, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ConsoleJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in self.FINISHED

@@ -37,6 +37,7 @@ from .models import Message
 
 RUN_STEPS = "drip.tasks.run_steps"
 SEND_MESSAGES = "drip.tasks.send_messages"
+RUN_CONSOLE_JOB = "drip.tasks.run_console_job"
 
 
 def enqueue_steps(claimed: Iterable[tuple[int, datetime]], batch_size: int | None = None) -> None:
@@ -61,6 +62,11 @@ def enqueue_sends(
     for channel, ids in sorted(by_channel.items()):
         for batch in batches(ids, _size(batch_size, settings.DRIP_SEND_BATCH)):
             _send(SEND_MESSAGES, batch, eta, queue=send_queue(channel))
+
+
+def enqueue_console_job(job_id: int) -> None:
+    """A console job (a large CSV import, completing a large event) on the steps queue."""
+    _send(RUN_CONSOLE_JOB, [job_id], None)
 
 
 def send_queue(channel: str) -> str:

@@ -15,15 +15,16 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .completion import CompletionSummary, complete_event, replan_for_attendance, resolve_attendees
+from .completion import CompletionSummary, check_completable, complete_event, replan_for_attendance, resolve_attendees
 from .errors import FieldError, shown
 from .funnels import Trigger, started_by
 from .models import Contact, Event, Message, Registration, Step
+from .notices import send_new_time_notices, worth_a_notice
 from .planning import cancel_steps, plan_enrollment, replan_for_new_start
 
 __all__ = [
-    "CompletionSummary", "Enrolled", "cancel_event", "cancel_registration", "complete_event", "enroll",
-    "reschedule", "resolve_attendees", "set_attendance", "upsert_contact",
+    "CompletionSummary", "Enrolled", "Rescheduled", "cancel_event", "cancel_registration", "check_completable",
+    "complete_event", "enroll", "reschedule", "resolve_attendees", "set_attendance", "upsert_contact",
 ]
 log = logging.getLogger("drip.services")
 # A message in one of these reached (or may have reached) its provider: never sent again.
@@ -70,18 +71,33 @@ def _open_count(steps: list[Step]) -> int:
     return sum(1 for s in steps if s.status in Step.OPEN)
 
 
-def reschedule(event: Event, starts_at: datetime, now: datetime | None = None) -> int:
-    """Move a scheduled event's start and re-plan its start-anchored steps. Returns how many
-    steps are planned for the new start."""
+@dataclass(frozen=True)
+class Rescheduled:
+    moved: bool  # False: the event already starts then, and nothing was done
+    reminders_moved: int  # open pre-event steps planned for the new start
+    notices_queued: int  # "new time" emails (drip.notices)
+
+
+def reschedule(event: Event, starts_at: datetime, now: datetime | None = None) -> Rescheduled:
+    """Move a scheduled event's start, re-plan its start-anchored steps and, for a move of
+    more than DRIP_RESCHEDULE_NOTICE_MINUTES, email its registrants the new time. The same
+    move again (the event already starts then) does nothing and sends nothing."""
     if event.status != Event.Status.SCHEDULED:
         raise FieldError(f"event {shown(event.external_id)} is {event.status} and can no longer be rescheduled", "eventId")
     with transaction.atomic():
-        if event.starts_at == starts_at:
-            return 0
+        # Locked, and compared with the stored start: two callers moving the event at once
+        # apply one after the other, and the second finds nothing left to do.
+        old_start, version = Event.objects.select_for_update().values_list("starts_at", "updated_at").get(pk=event.pk)
+        if old_start == starts_at:
+            event.starts_at = starts_at
+            return Rescheduled(False, 0, 0)
         Event.objects.filter(pk=event.pk).update(starts_at=starts_at, updated_at=timezone.now())
         event.starts_at = starts_at
-        created = replan_for_new_start(event, now)
-    return _open_count(created)
+        moved = _open_count(replan_for_new_start(event, now))
+        notices = send_new_time_notices(event, old_start, version.isoformat()) if worth_a_notice(old_start, starts_at, now) else 0
+    log.info("event %s rescheduled to %s: %d reminders moved, %d notices queued", event.external_id,
+             starts_at.isoformat(), moved, notices)
+    return Rescheduled(True, moved, notices)
 
 
 def cancel_event(event: Event, now: datetime | None = None) -> int:

@@ -193,6 +193,13 @@ DRIP_FREQUENCY_CAP = parse_frequency_cap(os.environ.get("DRIP_FREQUENCY_CAP") or
 DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
 # Bearer token of GET /metrics; unset, /metrics answers only loopback clients (drip/health.py).
 DRIP_METRICS_TOKEN = os.environ.get("DRIP_METRICS_TOKEN") or ""
+# The console: a CSV import of more rows, or a completion of an event with more active
+# registrations, runs as a Celery task with a progress page instead of inside the request.
+DRIP_IMPORT_INLINE_ROWS = int(env_float("DRIP_IMPORT_INLINE_ROWS", 500, minimum=0))
+DRIP_COMPLETE_INLINE_REGISTRATIONS = int(env_float("DRIP_COMPLETE_INLINE_REGISTRATIONS", 2000, minimum=0))
+# A reschedule that moves the start by more than this many minutes emails every active
+# registrant a "new time" notice (transactional; consent and unsubscribe apply as usual).
+DRIP_RESCHEDULE_NOTICE_MINUTES = env_float("DRIP_RESCHEDULE_NOTICE_MINUTES", 15.0, minimum=0)
 PUBLIC_BASE_URL = (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
 MESSAGE_TEMPLATES_DIR = BASE_DIR / "templates" / "messages"
 

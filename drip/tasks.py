@@ -11,6 +11,7 @@ from celery.signals import task_prerun
 from django.db import connections
 
 from . import publish, scheduler, sender, steps
+from .console import jobs
 
 
 @task_prerun.connect
@@ -31,6 +32,12 @@ def run_steps(step_ids: list[int]) -> None:
 @shared_task(name=publish.SEND_MESSAGES)
 def send_messages(message_ids: list[int]) -> None:
     sender.send_batch(message_ids)
+
+
+@shared_task(name=publish.RUN_CONSOLE_JOB)
+def run_console_job(job_ids: list[int]) -> None:
+    for job_id in job_ids:
+        jobs.run_job(job_id)
 
 
 # The one-id forms: tasks published before batching still run after an upgrade.

@@ -123,6 +123,7 @@ def test_an_enrollment_with_a_new_start_reschedules_the_event(api):
     result = api(enrolled(registrationId="r-grace", contactId="c-grace", contactEmail="grace@example.com",
                           scheduledAt=later.isoformat())).json()["results"][0]
     assert result["event"] == "rescheduled"
+    assert (result["remindersMoved"], result["noticesQueued"]) == (3, 1)  # ada's; grace enrolls after the move
     assert Event.objects.get().starts_at == later
     ada_steps = Step.objects.filter(registration__external_id="r-ada", key="reminder_1h")
     assert {(s.plan_version, s.status) for s in ada_steps} == {(1, "cancelled"), (2, "pending")}
@@ -194,7 +195,7 @@ def test_event_rescheduled_replans_the_reminders(api):
     later = IN_TWO_DAYS + timedelta(hours=5)
     result = api(event("event.rescheduled", eventId="e-webinar", scheduledAt=later.isoformat())).json()["results"][0]
     assert result == {"name": "event.rescheduled", "eventId": "e-webinar", "scheduledAt": later.isoformat(),
-                      "rescheduled": True, "openPreEventSteps": 3}
+                      "rescheduled": True, "openPreEventSteps": 3, "remindersMoved": 3, "noticesQueued": 1}
     assert set(Step.objects.filter(plan_version=2).values_list("anchor_at", flat=True)) == {later}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,11 +140,23 @@ def import_rows(checked: Plan) -> dict[str, int]:
     counts of created / matched / reactivated registrations."""
     if not checked.ok:
         raise FieldError("the file has errors; nothing was imported", None)
-    items = [r.item for r in checked.rows if r.item is not None]
-    counts: dict[str, int] = {}
     with transaction.atomic():
-        for start in range(0, len(items), MAX_EVENTS):
-            for result in handle_payload(items[start:start + MAX_EVENTS])["results"]:
-                state = str(result.get("registration", "?"))
-                counts[state] = counts.get(state, 0) + 1
+        return import_items(items_of(checked))
+
+
+def items_of(checked: Plan) -> list[dict[str, Any]]:
+    return [r.item for r in checked.rows if r.item is not None]
+
+
+def import_items(items: list[dict[str, Any]], progress: Callable[[int, int], None] | None = None,
+                 chunk: int = MAX_EVENTS) -> dict[str, int]:
+    """Validated intake items in chunks of the intake's own batch size, in the caller's
+    transaction (the caller makes it one for the whole file); `progress(done, total)` after each."""
+    counts: dict[str, int] = {}
+    for start in range(0, len(items), chunk):
+        for result in handle_payload(items[start:start + chunk])["results"]:
+            state = str(result.get("registration", "?"))
+            counts[state] = counts.get(state, 0) + 1
+        if progress:
+            progress(min(start + chunk, len(items)), len(items))
     return counts

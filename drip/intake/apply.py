@@ -30,6 +30,7 @@ log = logging.getLogger("drip.intake")
 ATTEMPTS = 3  # of the batch's transaction, when it collides with a concurrent one
 Result = dict[str, Any]
 Data = TypeVar("Data", bound=EventData)
+T = TypeVar("T")
 
 
 def handle_body(raw: bytes | str) -> Result:
@@ -78,7 +79,7 @@ def _data(p: ParsedEvent, kind: type[Data]) -> Data:
     return p.data
 
 
-def _under(event: ParsedEvent, call: Callable[[], Result]) -> Result:
+def _under(event: ParsedEvent, call: Callable[[], T]) -> T:
     """Run a service call; a FieldError it raises names the field under this message's path."""
     try:
         return call()
@@ -108,9 +109,9 @@ def enrolled(p: ParsedEvent) -> Result:
     }
     contact, contact_state = services.upsert_contact(e.contact_id, {k: v for k, v in given.items() if v is not None})
     consent, refused = _record_consent(contact, p)
-    event, event_state = _upsert_event(p)
+    event, event_state, rescheduled = _upsert_event(p)
     enrollment = _registration(p, contact, event)
-    result = {
+    result: Result = {
         "name": "event.enrolled", "contactId": contact.external_id, "eventId": event.external_id,
         "registrationId": enrollment.registration.external_id, "contact": contact_state, "event": event_state,
         "registration": enrollment.state, "eventStatus": event.status,
@@ -118,7 +119,7 @@ def enrolled(p: ParsedEvent) -> Result:
     }
     if refused:
         result["consentRefused"] = refused
-    return result
+    return {**result, **_moved(rescheduled)}
 
 
 def enrolled_all(events: list[ParsedEvent]) -> list[Result]:
@@ -135,7 +136,14 @@ def _enrolled_result(d: bulk.Enrolled) -> Result:
     }
     if d.refused:
         result["consentRefused"] = d.refused
-    return result
+    return {**result, **_moved(d.rescheduled)}
+
+
+def _moved(rescheduled: services.Rescheduled | None) -> Result:
+    """What a reschedule did, in the answer of the message that caused it."""
+    if rescheduled is None or not rescheduled.moved:
+        return {}
+    return {"remindersMoved": rescheduled.reminders_moved, "noticesQueued": rescheduled.notices_queued}
 
 
 def _record_consent(contact: Contact, p: ParsedEvent) -> tuple[dict[str, bool], dict[str, str]]:
@@ -153,12 +161,12 @@ def _record_consent(contact: Contact, p: ParsedEvent) -> tuple[dict[str, bool], 
     return consent, refused
 
 
-def _upsert_event(p: ParsedEvent) -> tuple[Event, str]:
+def _upsert_event(p: ParsedEvent) -> tuple[Event, str, services.Rescheduled | None]:
     e = _data(p, Enrollment)
     defaults = {"title": e.event_title, "starts_at": e.scheduled_at, "timezone": e.timezone or "UTC", "join_url": e.join_url or ""}
     event, created = Event.objects.get_or_create(external_id=e.event_id, defaults=defaults)
     if created:
-        return event, "created"
+        return event, "created", None
     event = Event.objects.select_for_update().get(pk=event.pk)
     changed = {}
     if event.title != e.event_title:
@@ -170,11 +178,10 @@ def _upsert_event(p: ParsedEvent) -> tuple[Event, str]:
         for name, value in changed.items():
             setattr(event, name, value)
     if event.starts_at == e.scheduled_at:
-        return event, "updated" if changed else "matched"
+        return event, ("updated" if changed else "matched"), None
     if event.status != Event.Status.SCHEDULED:
         raise FieldError(f"event {shown(e.event_id)} is {event.status}: its start can no longer change", p.path("scheduledAt"))
-    services.reschedule(event, e.scheduled_at)
-    return event, "rescheduled"
+    return event, "rescheduled", services.reschedule(event, e.scheduled_at)
 
 
 def _registration(p: ParsedEvent, contact: Contact, event: Event) -> services.Enrolled:
@@ -228,15 +235,15 @@ def completed(p: ParsedEvent) -> Result:
 def rescheduled(p: ParsedEvent) -> Result:
     e = _data(p, Reschedule)
     event = _event_by_id(e.event_id, p.path("eventId"))
-    moved = event.starts_at != e.scheduled_at
-    _under(p, lambda: {"planned": services.reschedule(event, e.scheduled_at)})
+    done = _under(p, lambda: services.reschedule(event, e.scheduled_at))
     start_funnels = [f.name for f in registered() if f.anchor is Anchor.START]
     planned = Step.objects.filter(
         registration__event=event, funnel__in=start_funnels, status__in=Step.OPEN, anchor_at=event.starts_at
     ).count()
     return {
         "name": "event.rescheduled", "eventId": event.external_id, "scheduledAt": event.starts_at.isoformat(),
-        "rescheduled": moved, "openPreEventSteps": planned,
+        "rescheduled": done.moved, "openPreEventSteps": planned, "remindersMoved": done.reminders_moved,
+        "noticesQueued": done.notices_queued,
     }
 
 
