@@ -123,3 +123,12 @@ def test_the_fallback_send_many_gives_one_outcome_per_message(db, settings):
     outcomes = EmailTransport().send_many(prepared(2))
     assert len(outcomes) == 2 and all(isinstance(o, str) for o in outcomes) and outcomes[0] != outcomes[1]
     assert len(mail.outbox) == 2
+
+
+def test_a_batch_refused_as_a_whole_fails_each_message_at_once(worker, providers):
+    providers.fail_next("email", 422, {"ErrorCode": 410, "Message": "Too many batch messages."})
+    messages = welcome_emails(3)
+    assert providers.email_requests == [("email/batch", 3)] and providers.messages() == []
+    for message in messages:
+        assert (message.status, message.attempts) == (Message.Status.FAILED, 1)
+        assert "email provider 422" in message.error and "(permanent)" in message.error
