@@ -49,6 +49,15 @@ class BenchStub:
         return 200, {"To": to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": str(uuid.uuid4()),
                      "ErrorCode": 0, "Message": "OK"}
 
+    def _postmark_batch(self, raw: bytes) -> tuple[int, list[dict[str, Any]]]:
+        time.sleep(self.latency)
+        answers = []
+        for data in json.loads(raw):
+            self._record("email", data.get("To", ""))
+            answers.append({"To": data.get("To", ""), "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": str(uuid.uuid4()),
+                            "ErrorCode": 0, "Message": "OK"})
+        return 200, answers
+
     def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
         form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}

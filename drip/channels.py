@@ -8,10 +8,13 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urljoin
 
 import requests
+from anymail.backends.postmark import EmailBackend as PostmarkBackend
+from anymail.backends.postmark import PostmarkPayload
 from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, AnymailRequestsAPIError
 from anymail.message import AnymailMessage
 from django.conf import settings
@@ -34,6 +37,9 @@ TWILIO_NOT_MOBILE = 21614
 TWILIO_OPTED_OUT = 21610
 TWILIO_PERMANENT = {TWILIO_INVALID_NUMBER, TWILIO_NOT_MOBILE, TWILIO_OPTED_OUT, 21408, 21612}
 PROVIDER_TIMEOUT = 30  # seconds; a provider that hangs must not hold a worker forever
+# Postmark's ErrorCode of one message in a batch answer.
+POSTMARK_INACTIVE = 406  # the recipient hard-bounced or complained: Postmark's own suppression
+POSTMARK_MAINTENANCE = 100  # the only one a retry can fix
 
 
 class TransportError(Exception):
@@ -74,14 +80,48 @@ def classify(exc: Exception) -> TransportError:
     return TransportError(f"{type(exc).__name__}: {exc}", permanent=False)
 
 
+def classify_postmark_result(result: dict[str, Any]) -> str | TransportError:
+    """One message's answer inside Postmark's `/email/batch` answer (HTTP 200 for the whole
+    request): its MessageID, or its error read as `classify` reads the same answer from
+    `/email` (there, anymail turns it into a refused recipient or an HTTP 422 error)."""
+    code = result.get("ErrorCode", 0)
+    text = str(result.get("Message", ""))
+    # Code 0 naming "inactive addresses" names our only recipient: accepted for nobody.
+    if code == 0 and "inactive addresses" not in text:
+        return str(result.get("MessageID") or f"unknown-{uuid.uuid4().hex}")
+    detail = f"postmark error {code}: {text.strip()}"
+    if code in (0, POSTMARK_INACTIVE):
+        # The ESP's own suppression, like anymail's "rejected": record it as ours.
+        return TransportError(f"recipient refused: {detail}", permanent=True, revoke_consent=True)
+    return TransportError(detail, permanent=code != POSTMARK_MAINTENANCE)
+
+
 def _transient_status(status: int | None) -> bool:
     return status is None or status == 429 or status >= 500
 
 
+Outcome = str | TransportError  # a message's provider id, or why it was not sent
+
+
 class Transport:
+    # Messages one provider request can carry: the sender gathers this many before calling
+    # `send_many`.
+    batch_max = 1
+
     def send(self, message: Message, rendered: Rendered) -> str:
         """Send and return the provider's message id, or raise TransportError."""
         raise NotImplementedError
+
+    def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
+        """Every message's outcome, in order. Here one request each; a transport whose
+        provider takes several messages in one request sends them together."""
+        outcomes: list[Outcome] = []
+        for message, rendered in items:
+            try:
+                outcomes.append(self.send(message, rendered))
+            except TransportError as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 # Provider clients are kept per worker thread (a new HTTP session, and TLS handshake, per
@@ -130,13 +170,22 @@ def _open_email_connection() -> Any:
 
 
 class EmailTransport(Transport):
-    """Django's email backend: anymail (any ESP) in production, the console in development."""
+    """Django's email backend: anymail (any ESP) in production, the console in development.
+    With Postmark, several messages go in one `/email/batch` request."""
 
-    def send(self, message: Message, rendered: Rendered) -> str:
+    @property
+    def batch_max(self) -> int:  # type: ignore[override]
+        return settings.DRIP_EMAIL_BATCH_MAX if _batches_postmark(self._connection()) else 1
+
+    def _connection(self) -> Any:
         key = (settings.EMAIL_BACKEND, repr(sorted(settings.ANYMAIL.items())))
+        return _client("email", key, _open_email_connection)
+
+    def _email(self, message: Message, rendered: Rendered) -> AnymailMessage:
+        """The one message both paths send, so `/email/batch` carries what `/email` would."""
         email = AnymailMessage(
             subject=rendered.subject, body=rendered.text, to=[message.to],
-            from_email=settings.DEFAULT_FROM_EMAIL, connection=_client("email", key, _open_email_connection),
+            from_email=settings.DEFAULT_FROM_EMAIL, connection=self._connection(),
             # Comes back in every delivery report, so the report finds its Message even
             # before (or without) the provider's message id.
             metadata={METADATA_KEY: str(message.pk)},
@@ -144,6 +193,10 @@ class EmailTransport(Transport):
         if rendered.html:
             email.attach_alternative(rendered.html, "text/html")
         email.extra_headers.update(_email_headers(message))
+        return email
+
+    def send(self, message: Message, rendered: Rendered) -> str:
+        email = self._email(message, rendered)
         try:
             email.send()
         except Exception as exc:  # classified below, never swallowed
@@ -158,6 +211,70 @@ class EmailTransport(Transport):
                 revoke_consent="rejected" in status.status,
             )
         return str(status.message_id or f"unknown-{uuid.uuid4().hex}")
+
+    def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
+        connection = self._connection()
+        if len(items) < 2 or not _batches_postmark(connection):
+            return super().send_many(items)
+        # Each message's JSON is anymail's own `/email` payload; one that cannot be built
+        # (an address anymail refuses) fails alone.
+        built = [self._postmark_payload(connection, message, rendered) for message, rendered in items]
+        payloads = [p for p in built if isinstance(p, PostmarkPayload)]
+        answers = iter(_post_postmark_batch(connection, payloads))
+        return [p if isinstance(p, TransportError) else next(answers) for p in built]
+
+    def _postmark_payload(self, connection: PostmarkBackend, message: Message, rendered: Rendered) -> PostmarkPayload | TransportError:
+        try:
+            return connection.build_message_payload(self._email(message, rendered), connection.send_defaults)
+        except Exception as exc:  # classified, as `send` would
+            return classify(exc)
+
+
+def _batches_postmark(connection: Any) -> bool:
+    # Postmark's bulk API (POSTMARK_USE_BULK_API) is another endpoint: one message each then.
+    return isinstance(connection, PostmarkBackend) and not connection.use_bulk_api
+
+
+class _PostmarkBatch:
+    """The request anymail's `post_to_esp` makes for `/email/batch`: the first message's
+    request (its headers carry the server token) with, as body, the JSON list of every
+    message's `/email` body. So the session, timeout and error wrapping are anymail's."""
+
+    def __init__(self, payloads: list[PostmarkPayload]) -> None:
+        self.payloads = payloads
+
+    def get_request_params(self, api_url: str) -> dict[str, Any]:
+        params = self.payloads[0].get_request_params(api_url)
+        params["url"] = urljoin(api_url, "email/batch")
+        params["data"] = "[" + ",".join(p.serialize_data() for p in self.payloads) + "]"
+        return params
+
+
+def _post_postmark_batch(connection: PostmarkBackend, payloads: list[PostmarkPayload]) -> list[Outcome]:
+    """One outcome per payload: from its own answer, or the whole request's error (no answer,
+    5xx, 429, a timeout...) for each, so each retries on its own backoff."""
+    if not payloads:
+        return []
+    try:
+        response = connection.post_to_esp(_PostmarkBatch(payloads), None)
+        results = _postmark_batch_results(connection, response, len(payloads))
+    except Exception as exc:  # classified below, never swallowed
+        _forget("email")
+        error = classify(exc)
+        return [error] * len(payloads)
+    return [classify_postmark_result(result) for result in results]
+
+
+def _postmark_batch_results(connection: PostmarkBackend, response: requests.Response, count: int) -> list[dict[str, Any]]:
+    """The answer's list, one result per message in order. Anything else (a 422 for the
+    whole request, an unreadable 200) raises, and `classify` reads it as permanent: a 200
+    may mean some were sent, so none is sent again."""
+    if response.status_code != 200:
+        raise AnymailRequestsAPIError(response=response, backend=connection)
+    results = connection.deserialize_json_response(response, None, None)
+    if not isinstance(results, list) or len(results) != count or not all(isinstance(r, dict) for r in results):
+        raise AnymailRequestsAPIError(f"batch answer is not {count} results", response=response, backend=connection)
+    return results
 
 
 def _email_headers(message: Message) -> dict[str, str]:

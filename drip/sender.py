@@ -3,21 +3,27 @@
 queued → sending (conditional claim, one per batch) → checks → render → record what will
 be sent → provider call → sent | queued again (transient error, backoff) | failed | skipped.
 Every attempt leaves its count and last error on the Message row.
+
+Each message is prepared on its own (checks, render, rate slot, the guarded write that
+records its call); the provider call is one request per message, or one for several where
+the channel's transport takes them together (Postmark's /email/batch), and then each
+message has its own outcome.
 """
 from __future__ import annotations
 
 import random
 import time
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Field, QuerySet
+from django.db.models import Case, CharField, F, Field, QuerySet, Value, When
 from django.utils import timezone
 
-from .channels import TransportError, transport_for
+from .channels import Transport, TransportError, transport_for
 from .consent import ConsentView, record_for_address
 from .logs import IdsAdapter, message_log
 from .models import HELD, Channel, ConsentRecord, Contact, Message
@@ -43,8 +49,9 @@ MESSAGE_RELATED = ("contact", "registration__event", "step")
 
 def send_batch(message_ids: list[int]) -> None:
     """Claim the batch (one conditional update), load it (one query) and read its consent
-    (one query); then each message is checked, rendered, recorded and sent on its own, so
-    every attempt still leaves its own trace and outcome."""
+    (one query); then each message is checked, rendered and recorded on its own, and sent
+    alone or with the others its provider takes in one request, so every attempt still
+    leaves its own trace and outcome."""
     now = timezone.now()
     token = uuid.uuid4().hex
     claimed = Message.objects.filter(id__in=message_ids).claim(token, now)
@@ -55,6 +62,7 @@ def send_batch(message_ids: list[int]) -> None:
         if message.step is not None and message.registration is not None and message.step.registration_id == message.registration_id:
             message.step.registration = message.registration
     consent = ConsentView((m.contact_id for m in batch), max_age=CONSENT_MAX_AGE)
+    outbox = _Outbox(consent)
     # Messages wait their turn claimed but not yet sent; past the budget (a slow provider)
     # the rest goes back to the queue for another task instead of holding its claim.
     deadline = time.monotonic() + min(settings.DRIP_SEND_BATCH_SECONDS, settings.DRIP_RECONCILE_GRACE / 4)
@@ -63,21 +71,60 @@ def send_batch(message_ids: list[int]) -> None:
             # A slow provider: the rest goes back in pieces of what one task got through in
             # the budget, so idle workers (the threads of a sender) share it.
             _hand_back(batch[index:], pieces_of=index)
-            return
+            break
         try:
-            _send_one(message, consent)
+            _prepare(message, consent, outbox)
         except Exception:
             # Not a provider error (those are classified): the database went away, or a bug.
-            # The messages not yet tried go back to the queue; this one is left to the
-            # reconciler, which knows from sending_at whether it reached the provider.
+            # The messages not yet tried go back to the queue, and those whose call is
+            # recorded go out (only their provider call settles them); this one is left to
+            # the reconciler, which knows from sending_at whether it reached the provider.
             try:
                 _hand_back(batch[index + 1 :])
+                outbox.send()
             except Exception:  # the database is gone: the reconciler takes them back later
                 message_log(message).exception("could not hand back the rest of the batch")
             raise
+    outbox.send()
 
 
-def _send_one(message: Message, consent: ConsentView) -> None:
+@dataclass
+class _Ready:
+    """A message past its checks, rendered, and its call recorded: only the call is left."""
+
+    message: Message
+    rendered: Rendered
+    log: IdsAdapter
+
+
+class _Outbox:
+    """Prepared messages wait here for their provider call: each alone, or up to the
+    transport's `batch_max` in one request. A send batch holds one channel (drip.publish);
+    should it hold two, a change of channel sends what waits first."""
+
+    def __init__(self, consent: ConsentView) -> None:
+        self.consent = consent
+        self.waiting: list[_Ready] = []
+        self.transport: Transport | None = None
+
+    def add(self, ready: _Ready) -> None:
+        if self.waiting and self.waiting[0].message.channel != ready.message.channel:
+            self.send()
+        if self.transport is None or not self.waiting:
+            self.transport = transport_for(ready.message.channel)
+        self.waiting.append(ready)
+        if len(self.waiting) >= self.transport.batch_max:
+            self.send()
+
+    def send(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        if waiting and self.transport is not None:
+            _deliver(waiting, self.transport, self.consent)
+
+
+def _prepare(message: Message, consent: ConsentView, outbox: _Outbox) -> None:
+    """Checks, render, rate slot and the guarded write that records the call about to be
+    made (it is what keeps a message from being sent twice); then into the outbox."""
     log = message_log(message)
     block = message_block(message, timezone.now(), consent)
     if block:
@@ -86,15 +133,8 @@ def _send_one(message: Message, consent: ConsentView) -> None:
         return
     if _held_for_quiet_hours(message, log):
         return
-    try:
-        rendered = render_message(message)
-    except RenderError as exc:
-        _finish(message, Message.Status.FAILED, error=str(exc))
-        log.error("%s %s failed: %s", message.template_type, message.channel, exc)
-        return
-    except Exception as exc:  # a bug must fail this message once, not loop via the reconciler
-        _finish(message, Message.Status.FAILED, error=f"rendering crashed: {type(exc).__name__}: {exc}")
-        log.exception("%s %s failed: rendering crashed", message.template_type, message.channel)
+    rendered = _render(message, log)
+    if rendered is None:
         return
     wait = _rate_limit_wait(message)
     if wait > settings.DRIP_RATE_LIMIT_MAX_SLEEP:
@@ -102,6 +142,9 @@ def _send_one(message: Message, consent: ConsentView) -> None:
         log.debug("rate limit: %s slot in %.2fs; back to the queue until then", message.channel, wait)
         return
     if wait > 0:
+        # What is ready goes out first: no message waits for another's slot, and none
+        # reaches the provider before its own.
+        outbox.send()
         time.sleep(wait)  # a short wait for a slot that is ours
     message.to = message.contact.address_for(message.channel)
     recorded = _record_call(
@@ -115,25 +158,85 @@ def _send_one(message: Message, consent: ConsentView) -> None:
         # long enough for the reconciler to hand it to another task: not ours to send.
         log.info("%s %s no longer ours (withdrawn, or taken back by the reconciler); not sending", message.template_type, message.channel)
         return
-    # Checked again right before the provider call: nothing goes out after expiry.
-    expires = message_expiry(message)
-    if expires is not None and timezone.now() >= expires:
-        _finish(message, Message.Status.SKIPPED, error=f"expired at {expires.isoformat()}")
-        log.info("%s %s skipped: expired before the provider call", message.template_type, message.channel)
-        return
+    outbox.add(_Ready(message, rendered, log))
+
+
+def _render(message: Message, log: IdsAdapter) -> Rendered | None:
+    """The message's templates; a template that cannot render fails the message once."""
     try:
-        provider_id = transport_for(message.channel).send(message, rendered)
-    except TransportError as exc:
-        _on_transport_error(message, exc, consent, log)
+        return render_message(message)
+    except RenderError as exc:
+        _finish(message, Message.Status.FAILED, error=str(exc))
+        log.error("%s %s failed: %s", message.template_type, message.channel, exc)
+    except Exception as exc:  # a bug must fail this message once, not loop via the reconciler
+        _finish(message, Message.Status.FAILED, error=f"rendering crashed: {type(exc).__name__}: {exc}")
+        log.exception("%s %s failed: rendering crashed", message.template_type, message.channel)
+    return None
+
+
+def _deliver(group: list[_Ready], transport: Transport, consent: ConsentView) -> None:
+    """The provider call for prepared messages (one request, or one each, as the transport
+    does it); then each message's own outcome."""
+    due = [ready for ready in group if not _expired(ready)]
+    if not due:
+        return
+    outcomes = transport.send_many([(ready.message, ready.rendered) for ready in due])
+    results = list(zip(due, outcomes, strict=True))
+    # What was accepted is recorded first: it did go out, whatever happens next.
+    _record_sent([(ready, outcome) for ready, outcome in results if not isinstance(outcome, TransportError)])
+    for ready, outcome in results:
+        if isinstance(outcome, TransportError):
+            _on_transport_error(ready.message, outcome, consent, ready.log)
+
+
+def _expired(ready: _Ready) -> bool:
+    """Checked again right before the provider call: nothing goes out after expiry."""
+    message = ready.message
+    expires = message_expiry(message)
+    if expires is None or timezone.now() < expires:
+        return False
+    _finish(message, Message.Status.SKIPPED, error=f"expired at {expires.isoformat()}")
+    ready.log.info("%s %s skipped: expired before the provider call", message.template_type, message.channel)
+    return True
+
+
+def _record_sent(sent: list[tuple[_Ready, str]]) -> None:
+    if not sent:
         return
     sent_at = timezone.now()
-    if not _finish(message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error=""):
-        # Only after DRIP_SENDING_TIMEOUT is a recorded call taken away ("outcome unknown"):
-        # it did arrive. Say so loudly, with what an operator needs before sending again.
-        log.error("%s %s accepted by the provider (provider_id=%s) after it was given up as unknown; do not send again",
-                  message.template_type, message.channel, provider_id)
-        return
-    log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
+    if len(sent) == 1:
+        [(ready, provider_id)] = sent
+        recorded = {ready.message.id} if _finish(
+            ready.message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error=""
+        ) else set()
+    else:
+        recorded = _finish_sent_together(sent, sent_at)
+    for ready, provider_id in sent:
+        message = ready.message
+        if message.id in recorded:
+            ready.log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to,
+                           sent_at.isoformat(), provider_id)
+        else:
+            # Only after DRIP_SENDING_TIMEOUT is a recorded call taken away ("outcome
+            # unknown"): it did arrive. Say so loudly, with what an operator needs before
+            # sending again.
+            ready.log.error("%s %s accepted by the provider (provider_id=%s) after it was given up as unknown; do not send again",
+                            message.template_type, message.channel, provider_id)
+
+
+def _finish_sent_together(sent: list[tuple[_Ready, str]], sent_at: datetime) -> set[int]:
+    """Every message of one request `sent`, each with its own provider id, in one UPDATE,
+    each row still only while this task's claim holds (a send batch has one claim token).
+    Returns the ids it recorded."""
+    ids = [ready.message.id for ready, _ in sent]
+    token = sent[0][0].message.claim_token
+    provider_ids = Case(*(When(id=ready.message.id, then=Value(pid)) for ready, pid in sent), output_field=CharField())
+    mine = Message.objects.filter(id__in=ids, status=Message.Status.SENDING, claim_token=token)
+    updated = mine.update(status=Message.Status.SENT, provider_message_id=provider_ids, sent_at=sent_at, error="",
+                          updated_at=timezone.now())
+    if updated == len(ids):
+        return set(ids)
+    return set(Message.objects.filter(id__in=ids, status=Message.Status.SENT, sent_at=sent_at).values_list("id", flat=True))
 
 
 def _held_for_quiet_hours(message: Message, log: IdsAdapter) -> bool:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from itertools import count
+from typing import Any
 
 from django.utils import timezone
 
-from drip import services
+from drip import scheduler, services
 from drip.consent import record_consent
-from drip.models import Channel, ConsentRecord, Contact, Event, Registration
+from drip.models import Channel, ConsentRecord, Contact, Event, Registration, Step
 
 _seq = count(1)
 
@@ -44,3 +45,14 @@ def enroll(contact: Contact, event: Event) -> Registration:
 def register_quietly(contact: Contact, event: Event) -> Registration:
     """A registration without its funnel (only the service plans one): for direct sends."""
     return Registration.objects.create(contact=contact, event=event, external_id=f"r{next(_seq)}")
+
+
+def steps_due_together(n: int, due: datetime, key: str = "reminder_1h", **contact_fields: Any) -> list[Step]:
+    """n registrations of one event, each with the same pre-event step due at `due`,
+    planned as the planner does it (claimed and enqueued when inside the horizon)."""
+    event = make_event(starts_in=3600 * 48)
+    registrations = [register_quietly(make_contact(**contact_fields), event) for _ in range(n)]
+    return scheduler.schedule_steps([
+        Step(registration=r, funnel="pre_event", key=key, anchor_at=event.starts_at, due_at=due, expires_at=event.starts_at)
+        for r in registrations
+    ])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from drip.channels import Transport, classify
+from drip.channels import Outcome, Transport, classify
 from drip.models import Message
 from drip.rendering import Rendered
 
@@ -36,6 +37,10 @@ class RecordingTransport(Transport):
     calls: list[Call] = field(default_factory=list)
     # Seconds each call takes: a slow provider.
     delay: float = 0.0
+    # Messages the sender may hand over in one `send_many` (Postmark's batch: several).
+    batch_max: int = 1
+    # The message ids of each `send_many` call: one provider request each.
+    requests: list[list[int]] = field(default_factory=list)
     _failures: list[_Failure] = field(default_factory=list)
     _failures_for: dict[int, _Failure] = field(default_factory=dict)
 
@@ -56,6 +61,10 @@ class RecordingTransport(Transport):
                 raise classify(failure.exc) from failure.exc
             raise failure.exc
         return f"rec-{len(self.calls)}"
+
+    def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
+        self.requests.append([message.pk for message, _ in items])
+        return super().send_many(items)
 
     def ids(self) -> list[int]:
         return [c.message_id for c in self.calls]

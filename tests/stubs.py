@@ -32,9 +32,9 @@ class Failure:
 
 
 def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[ThreadingHTTPServer, str]:
-    """Serve Postmark's `/email` and Twilio's `.../Messages.json` on a free loopback port,
-    answering with `stub._postmark(raw)` / `stub._twilio(raw)` -> (status, JSON body).
-    Shared by the tests' stub and the benchmark's."""
+    """Serve Postmark's `/email` and `/email/batch` and Twilio's `.../Messages.json` on a
+    free loopback port, answering with `stub._postmark(raw)` / `stub._postmark_batch(raw)` /
+    `stub._twilio(raw)` -> (status, JSON body). Shared by the tests' stub and the benchmark's."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
@@ -50,6 +50,8 @@ def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[T
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path.rstrip("/").endswith("/email"):
                 status, body = stub._postmark(raw)
+            elif self.path.rstrip("/").endswith("/email/batch"):
+                status, body = stub._postmark_batch(raw)
             elif "/Messages.json" in self.path:
                 status, body = stub._twilio(raw)
             else:
@@ -71,6 +73,11 @@ class ProviderStub:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.failures: dict[str, list[Failure]] = {"email": [], "sms": []}
+        # Recipients Postmark answers with an ErrorCode (406 inactive, 300 invalid...), on
+        # `/email` (HTTP 422) and inside a `/email/batch` answer alike, until reset.
+        self.refused: dict[str, int] = {}
+        # Every email request: ("email", 1) or ("email/batch", messages in it).
+        self.email_requests: list[tuple[str, int]] = []
         self.latency = 0.0
         self.hangs: dict[str, float] = {}
         self.released = threading.Event()
@@ -85,6 +92,8 @@ class ProviderStub:
         with self.lock:
             self.received.clear()
             self.failures = {"email": [], "sms": []}
+            self.refused = {}
+            self.email_requests = []
             self.latency = 0.0
             self.hangs = {}
             self.released.set()  # hung requests answer 503 now, recording nothing
@@ -112,8 +121,15 @@ class ProviderStub:
         with self.lock:
             return self.failures[kind].pop(0) if self.failures[kind] else None
 
+    def refuse(self, to: str, error_code: int) -> None:
+        """Postmark answers this recipient with `error_code` (406: inactive, 300: invalid)."""
+        with self.lock:
+            self.refused[to] = error_code
+
     def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
+        with self.lock:
+            self.email_requests.append(("email", 1))
         if self._hung("email"):
             return 503, {"ErrorCode": 500, "Message": "stub hung"}
         data = json.loads(raw)
@@ -121,15 +137,39 @@ class ProviderStub:
         if failure:  # "{to}" in a canned error stands for the request's recipient
             body = {k: v.replace("{to}", data.get("To", "")) if isinstance(v, str) else v for k, v in failure.body.items()}
             return failure.status, body or {"ErrorCode": 500, "Message": "stub failure"}
+        answer = self._accept_email(data)
+        return (200 if answer["ErrorCode"] == 0 else 422), answer
+
+    def _postmark_batch(self, raw: bytes) -> tuple[int, dict[str, Any] | list[dict[str, Any]]]:
+        """Postmark's batch: a 200 with one answer per message, in order; a failure queued
+        with `fail_next("email", ...)` answers the whole request instead."""
+        time.sleep(self.latency)
+        items = json.loads(raw)
+        with self.lock:
+            self.email_requests.append(("email/batch", len(items)))
+        if self._hung("email"):
+            return 503, {"ErrorCode": 500, "Message": "stub hung"}
+        failure = self._next_failure("email")
+        if failure:
+            return failure.status, failure.body or {"ErrorCode": 500, "Message": "stub failure"}
+        return 200, [self._accept_email(data) for data in items]
+
+    def _accept_email(self, data: dict[str, Any]) -> dict[str, Any]:
+        """One message as Postmark answers it: recorded and given a MessageID, or refused."""
+        to = data.get("To", "")
+        code = self.refused.get(to)
+        if code == 406:
+            return {"ErrorCode": 406, "Message": f"You tried to send to a recipient that has been marked as inactive.\n Found inactive addresses: {to}.\n Inactive recipients are ones that have generated a hard bounce or a spam complaint. "}
+        if code is not None:
+            return {"ErrorCode": code, "Message": f"Invalid 'To' address: '{to}'."}
         message_id = str(uuid.uuid4())
         headers = {h["Name"]: h["Value"] for h in data.get("Headers", [])}
         with self.lock:
             self.received.append(
-                Received("email", time.time(), data.get("To", ""), data.get("Subject", ""), data.get("TextBody", ""),
+                Received("email", time.time(), to, data.get("Subject", ""), data.get("TextBody", ""),
                          data.get("HtmlBody", ""), headers, data, message_id)
             )
-        return 200, {"To": data.get("To"), "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": message_id,
-                     "ErrorCode": 0, "Message": "OK"}
+        return {"To": to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": message_id, "ErrorCode": 0, "Message": "OK"}
 
     def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)

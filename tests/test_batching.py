@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -20,23 +19,12 @@ from drip.sender import send_batch as send_messages
 from drip.steps import run_step_batch as run_steps
 from drip.tasks import run_steps as run_steps_task
 from drip.tasks import send_messages as send_messages_task
-from tests.factories import make_contact, make_event, register_quietly
+from tests.factories import make_contact, make_event, register_quietly, steps_due_together
 from tests.helpers import assert_each_sent_once, flush_broker, wait_until
 
 
 def tasks_named(published: list, name: str) -> list[list]:
     return [args for task, args, _ in published if task == f"drip.tasks.{name}"]
-
-
-def steps_due_together(n: int, due: datetime, key: str = "reminder_1h", **contact_fields: Any) -> list[Step]:
-    """n registrations of one event, each with the same pre-event step due at `due`,
-    planned as the planner does it (claimed and enqueued when inside the horizon)."""
-    event = make_event(starts_in=3600 * 48)
-    registrations = [register_quietly(make_contact(**contact_fields), event) for _ in range(n)]
-    return scheduler.schedule_steps([
-        Step(registration=r, funnel="pre_event", key=key, anchor_at=event.starts_at, due_at=due, expires_at=event.starts_at)
-        for r in registrations
-    ])
 
 
 def test_steps_due_at_one_instant_run_as_one_task_and_send_in_batches(worker, providers, settings, published):
@@ -115,6 +103,7 @@ def test_a_step_whose_check_crashes_fails_alone(db, monkeypatch):
 def test_a_send_batch_past_its_time_budget_hands_the_rest_to_a_new_task(worker, providers, settings, published):
     settings.DRIP_SEND_BATCH = 10
     settings.DRIP_SEND_BATCH_SECONDS = 0.3
+    settings.DRIP_EMAIL_BATCH_MAX = 1  # a provider taking one message per request (test_email_batch.py: several)
     providers.slow_down(0.1)
     steps_due_together(10, timezone.now(), key="welcome")  # one email each, due now: one batch of 10
     providers.wait_for(10)
@@ -214,6 +203,7 @@ def test_batches_cost_a_constant_number_of_queries(db, providers, django_assert_
 @pytest.mark.parametrize("change", ["event cancelled", "event rescheduled", "email consent revoked"])
 def test_what_changes_during_a_send_batch_withdraws_its_untried_messages(worker, providers, settings, change):
     settings.DRIP_SEND_BATCH_SECONDS = 60
+    settings.DRIP_EMAIL_BATCH_MAX = 1  # one request per message: the second waits while the first is at the provider
     providers.slow_down(0.3)
     event = make_event(starts_in=3600 * 48)
     registrations = [register_quietly(make_contact(), event) for _ in range(2)]

@@ -8,7 +8,7 @@ from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, Anymai
 from anymail.message import AnymailMessage, AnymailRecipientStatus
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from drip.channels import TransportError, classify
+from drip.channels import TransportError, classify, classify_postmark_result
 
 TWILIO_URI = "/2010-04-01/Accounts/ACtest/Messages.json"
 
@@ -135,3 +135,26 @@ def test_an_unknown_exception_is_transient_and_named():
     result = classify(KeyError("sid"))
     assert (result.permanent, result.revoke_consent) == (False, False)
     assert result.message == "KeyError: 'sid'"
+
+
+INACTIVE = ("You tried to send to a recipient that has been marked as inactive.\n Found inactive addresses: a@example.com.\n "
+            "Inactive recipients are ones that have generated a hard bounce or a spam complaint. ")
+
+
+@pytest.mark.parametrize("result,permanent,revoke", [
+    ({"ErrorCode": 406, "Message": INACTIVE}, True, True),
+    # Accepted "but will not deliver to these inactive addresses": our only recipient.
+    ({"ErrorCode": 0, "MessageID": "m-1", "Message": "Message OK, but will not deliver to these inactive addresses: a@example.com. Inactive recipients are ones that have generated a hard bounce or a spam complaint."}, True, True),
+    ({"ErrorCode": 300, "Message": "Invalid 'To' address: 'a@'."}, True, False),
+    ({"ErrorCode": 300, "Message": "Invalid 'From' address: 'x'."}, True, False),
+    ({"ErrorCode": 100, "Message": "Maintenance"}, False, False),
+])
+def test_a_postmark_batch_result_with_an_error_code_is_read_as_the_single_send_would_be(result, permanent, revoke):
+    outcome = classify_postmark_result(result)
+    assert isinstance(outcome, TransportError)
+    assert (outcome.permanent, outcome.revoke_consent) == (permanent, revoke)
+    assert f"postmark error {result['ErrorCode']}" in outcome.message
+
+
+def test_an_accepted_postmark_batch_result_is_its_message_id():
+    assert classify_postmark_result({"ErrorCode": 0, "MessageID": "b7bc2f4a", "Message": "OK", "To": "a@example.com"}) == "b7bc2f4a"

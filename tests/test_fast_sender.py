@@ -316,3 +316,60 @@ def test_a_batch_costs_a_bounded_number_of_queries(db, recording, django_assert_
         send_batch(ids)
     assert set(Message.objects.values_list("status", flat=True)) == {Message.Status.SENT}
     assert len(recording.calls) == 10
+
+
+def test_what_a_transport_takes_together_goes_in_one_call_and_each_has_its_own_outcome(db, recording):
+    recording.batch_max = 10
+    messages = [direct(Channel.EMAIL) for _ in range(4)]
+    ids = [m.pk for m in messages]
+    recording.fail_for(ids[1], TransportError("recipient refused: postmark error 406", permanent=True, revoke_consent=True))
+    recording.fail_for(ids[2], requests.ConnectionError("connection reset"))
+    send_batch(ids)
+    assert recording.requests == [ids]
+    sent, refused, retried, last = (fresh(m) for m in messages)
+    assert [(m.status, m.provider_message_id) for m in (sent, last)] == [(Message.Status.SENT, "rec-1"), (Message.Status.SENT, "rec-4")]
+    assert (refused.status, refused.error) == (Message.Status.FAILED, "recipient refused: postmark error 406 (permanent)")
+    assert not has_consent(refused.contact, Channel.EMAIL) and has_consent(sent.contact, Channel.EMAIL)
+    assert (retried.status, retried.attempts, retried.error) == (Message.Status.QUEUED, 1, "provider unreachable: connection reset")
+
+
+def test_a_wait_for_a_rate_slot_sends_what_is_ready_first(db, recording, monkeypatch):
+    recording.batch_max = 10
+    ids = [direct(Channel.EMAIL).pk for _ in range(3)]
+    waits = iter([0.0, 0.05, 0.0])
+    monkeypatch.setattr("drip.sender.reserve_send_slot", lambda channel: next(waits))
+    send_batch(ids)
+    # The second message's slot is 50 ms away: the first goes now, not 50 ms late.
+    assert recording.requests == [ids[:1], ids[1:]]
+    assert set(Message.objects.values_list("status", flat=True)) == {Message.Status.SENT}
+
+
+def test_expiry_is_checked_for_each_message_right_before_the_call_they_share(db, recording, monkeypatch):
+    recording.batch_max = 10
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        event = make_event(starts_in=2 * 3600)
+        registrations = [enroll(make_contact(), event) for _ in range(2)]
+        emails = [funnel_messages(r, "reminder_1h")[0] for r in registrations]
+        slots = iter([0.0, 3 * 3600.0])
+
+        def slot(channel: str) -> float:
+            wait = next(slots)
+            clock.shift(timedelta(seconds=wait))  # the second slot came after the event's start
+            return 0.0
+
+        monkeypatch.setattr("drip.sender.reserve_send_slot", slot)
+        send_batch([e.pk for e in emails])
+    # The first was ready before the start, but its call (shared with the second) came after.
+    assert {(fresh(e).status, e.error) for e in emails} == {(Message.Status.SKIPPED, f"expired at {event.starts_at.isoformat()}")}
+    assert recording.calls == [] and recording.requests == []
+
+
+def test_a_batched_call_records_its_outcomes_in_one_write(db, recording, django_assert_max_num_queries):
+    recording.batch_max = 10
+    ids = [direct(Channel.EMAIL).pk for _ in range(10)]
+    # 3 per batch (claim, load, consent), the write before the call per message, and one
+    # write for the ten outcomes.
+    with django_assert_max_num_queries(3 + 10 + 1):
+        send_batch(ids)
+    assert recording.requests == [ids]
+    assert dict(Message.objects.values_list("id", "provider_message_id")) == {pk: f"rec-{n}" for n, pk in enumerate(ids, 1)}
