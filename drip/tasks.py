@@ -10,7 +10,7 @@ from celery import shared_task
 from celery.signals import task_prerun
 from django.db import connections
 
-from . import publish, scheduler, sender, steps
+from . import publish, scheduler, sender, steps, verify
 
 
 @task_prerun.connect
@@ -31,6 +31,11 @@ def run_steps(step_ids: list[int]) -> None:
 @shared_task(name=publish.SEND_MESSAGES)
 def send_messages(message_ids: list[int]) -> None:
     sender.send_batch(message_ids)
+
+
+@shared_task(name=publish.VERIFY_MESSAGES)
+def verify_messages(message_ids: list[int]) -> None:
+    verify.verify_batch(message_ids)
 
 
 # The one-id forms: tasks published before batching still run after an upgrade.
