@@ -25,7 +25,7 @@ from django.core.mail import get_connection
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ProtocolError
 
 from .inbound.email_reports import METADATA_KEY
 from .inbound.tokens import unsubscribe_url
@@ -98,18 +98,17 @@ def _transient_status(status: int | None) -> bool:
 
 
 def _left_without_answer(exc: BaseException) -> bool:
-    """Did the request reach the provider, with no answer back? A connect error or connect
-    timeout means nothing left: a plain retry is safe. A read timeout, or a connection
-    dropped or an answer cut short after the request was written, may mean it arrived.
-    (anymail's errors are also the requests error they wrap, so both are seen here.)"""
+    """Did the request reach the provider, with no answer back? Only on evidence that a
+    connection carried it: a read timeout, an answer cut short, or urllib3's ProtocolError
+    (the connection was reset or closed after it was made: "Connection aborted."). A connect
+    error or connect timeout means nothing left, and an error saying neither is taken as
+    such too: a plain retry, as before. (anymail's errors are also the requests error they
+    wrap, and keep it as their cause, so both are seen here.)"""
     if isinstance(exc, requests.ConnectTimeout):
         return False
     if isinstance(exc, (requests.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
         return True
-    if isinstance(exc, requests.ConnectionError):
-        # Never connected: urllib3 says so with NewConnectionError (refused, DNS, unreachable).
-        return not any(isinstance(e, NewConnectionError) for e in _chain(exc))
-    return False
+    return isinstance(exc, requests.ConnectionError) and any(isinstance(e, ProtocolError) for e in _chain(exc))
 
 
 def _chain(exc: BaseException) -> Iterable[object]:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 from django.utils import timezone
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from drip.channels import Lookup, classify, match_twilio_messages, parse_postmark_search, transport_for
 from drip.direct import send_direct
@@ -127,13 +128,11 @@ def test_without_a_lookup_a_lost_call_is_failed_as_outcome_unknown(beat, provide
 
 
 def test_a_refused_connection_is_a_plain_retry_and_a_read_timeout_may_have_arrived(providers):
-    refused = requests.ConnectionError(requests.packages.urllib3.exceptions.MaxRetryError(  # type: ignore[attr-defined]
-        None, "/", requests.packages.urllib3.exceptions.NewConnectionError(None, "refused")))  # type: ignore[attr-defined]
+    refused = requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "refused")))
     assert not classify(refused).maybe_sent and not classify(refused).permanent
     assert not classify(requests.ConnectTimeout("connect")).maybe_sent
     assert classify(requests.ReadTimeout("read")).maybe_sent
-    aborted = requests.ConnectionError(requests.packages.urllib3.exceptions.ProtocolError("Connection aborted."))  # type: ignore[attr-defined]
-    assert classify(aborted).maybe_sent
+    assert classify(requests.ConnectionError(ProtocolError("Connection aborted."))).maybe_sent
 
 
 def test_postmark_search_answers_parse():
