@@ -130,7 +130,7 @@ def _send_one(message: Message, consent: ConsentView) -> None:
     if not _finish(message, Message.Status.SENT, provider_message_id=provider_id, sent_at=sent_at, error=""):
         # Only after DRIP_SENDING_TIMEOUT is a recorded call taken away (to be verified at
         # the provider, which will find it). Say so loudly, with the provider's id.
-        log.error("%s %s accepted by the provider (provider_id=%s) after it was given up as unknown; do not send again",
+        log.error("%s %s accepted by the provider (provider_id=%s) after it was handed to verification; do not send again",
                   message.template_type, message.channel, provider_id)
         return
     log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to, sent_at.isoformat(), provider_id)
