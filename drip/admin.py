@@ -633,8 +633,8 @@ class StepAdmin(NoDelete, admin.ModelAdmin):
         return False
 
 
-MESSAGE_INTERNALS = ("claim_token", "rate_slot_at", "lost_claims", "sending_at", "next_attempt_at", "idempotency_key",
-                     "updated_at")
+MESSAGE_INTERNALS = ("claim_token", "rate_slot_at", "lost_claims", "sending_at", "verify_at", "verify_attempts",
+                     "next_attempt_at", "idempotency_key", "updated_at")
 
 
 class PreviewForm(forms.Form):

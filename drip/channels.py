@@ -1,6 +1,9 @@
 """Channels as transports (after healthchecks' hc/api/transports.py): one small class per
 way of reaching a recipient, and one place (`classify`) that tells a provider error to
-retry from one to give up on."""
+retry from one to give up on, and from one after which the message may have arrived.
+
+Each transport can also `lookup` a message: ask its provider whether it accepted it (by the
+Message id Drip attaches to every send), for a send whose outcome is unknown."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +11,9 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
@@ -17,11 +22,13 @@ from anymail.backends.postmark import EmailBackend as PostmarkBackend
 from anymail.backends.postmark import PostmarkPayload
 from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, AnymailRequestsAPIError
 from anymail.message import AnymailMessage
+from anymail.utils import get_anymail_setting
 from django.conf import settings
 from django.core.mail import get_connection
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
+from urllib3.exceptions import ProtocolError
 
 from .inbound.email_reports import METADATA_KEY
 from .inbound.tokens import unsubscribe_url
@@ -36,25 +43,34 @@ TWILIO_INVALID_NUMBER = 21211
 TWILIO_NOT_MOBILE = 21614
 TWILIO_OPTED_OUT = 21610
 TWILIO_PERMANENT = {TWILIO_INVALID_NUMBER, TWILIO_NOT_MOBILE, TWILIO_OPTED_OUT, 21408, 21612}
-PROVIDER_TIMEOUT = 30  # seconds; a provider that hangs must not hold a worker forever
 # Postmark's ErrorCode of one message in a batch answer.
 POSTMARK_INACTIVE = 406  # the recipient hard-bounced or complained: Postmark's own suppression
 POSTMARK_MAINTENANCE = 100  # the only one a retry can fix
+POSTMARK_BACKEND = "anymail.backends.postmark.EmailBackend"
+POSTMARK_API_URL = "https://api.postmarkapp.com/"
 
 
 class TransportError(Exception):
-    def __init__(self, message: str, permanent: bool = False, revoke_consent: bool = False) -> None:
+    def __init__(
+        self, message: str, permanent: bool = False, revoke_consent: bool = False, maybe_sent: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
         # The provider says the recipient opted out: record it as their suppression.
         self.revoke_consent = revoke_consent
+        # The request left and no answer came back (a read timeout, a connection dropped
+        # mid-call): the provider may have accepted it. Sending again could deliver it
+        # twice, so the message is looked up at the provider instead (drip/verify.py).
+        self.maybe_sent = maybe_sent
 
 
 def classify(exc: Exception) -> TransportError:
     """The one place provider errors become "retry" or "give up"."""
     if isinstance(exc, TransportError):
         return exc
+    if _left_without_answer(exc):
+        return TransportError(f"no answer from the provider, the request may have arrived: {_cause(exc)}", maybe_sent=True)
     if isinstance(exc, AnymailRecipientsRefused):
         # "rejected" is the ESP's own suppression (hard bounce, complaint): record it as ours.
         sent = getattr(exc, "email_message", None)
@@ -70,6 +86,9 @@ def classify(exc: Exception) -> TransportError:
         if status is None:
             # No HTTP answer at all (connection refused, timeout): worth another try.
             return TransportError(f"email provider unreachable: {exc}", permanent=False)
+        if 200 <= status < 300:
+            # Accepted, but the answer could not be read (cut short, not JSON).
+            return TransportError(f"email provider {status}, answer unreadable: {exc}", maybe_sent=True)
         return TransportError(f"email provider {status}: {exc}", permanent=not _transient_status(status))
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
         return TransportError(f"provider unreachable: {exc}", permanent=False)
@@ -103,6 +122,75 @@ def _transient_status(status: int | None) -> bool:
 Outcome = str | TransportError  # a message's provider id, or why it was not sent
 
 
+def _left_without_answer(exc: BaseException) -> bool:
+    """Did the request reach the provider, with no answer back? Only on evidence that a
+    connection carried it: a read timeout, an answer cut short, or urllib3's ProtocolError
+    (the connection was reset or closed after it was made: "Connection aborted."). A connect
+    error or connect timeout means nothing left, and an error saying neither is taken as
+    such too: a plain retry, as before. (anymail's errors are also the requests error they
+    wrap, and keep it as their cause, so both are seen here.)"""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if isinstance(exc, (requests.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
+        return True
+    return isinstance(exc, requests.ConnectionError) and any(isinstance(e, ProtocolError) for e in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterable[object]:
+    """The exception, what it wraps (requests keeps urllib3's error in args, urllib3 its
+    own cause in `reason`), and its __cause__ chain."""
+    seen: list[object] = []
+    todo: list[object] = [exc]
+    while todo and len(seen) < 20:
+        item = todo.pop()
+        seen.append(item)
+        if isinstance(item, BaseException):
+            todo += [a for a in item.args if isinstance(a, BaseException)]
+            todo += [x for x in (item.__cause__, getattr(item, "reason", None)) if isinstance(x, BaseException)]
+    return seen
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a provider says about one message: it accepted it (with its id), it has no such
+    message, or this cannot be told (`retry`: not now, e.g. the lookup failed on the network)."""
+
+    ACCEPTED = "accepted"
+    NOT_FOUND = "not found"
+    CANNOT_TELL = "cannot tell"
+
+    outcome: str
+    provider_id: str = ""
+    reason: str = ""
+    retry: bool = False
+
+    @classmethod
+    def accepted(cls, provider_id: str) -> Lookup:
+        return cls(cls.ACCEPTED, provider_id=provider_id)
+
+    @classmethod
+    def not_found(cls) -> Lookup:
+        return cls(cls.NOT_FOUND)
+
+    @classmethod
+    def cannot_tell(cls, reason: str, retry: bool = False) -> Lookup:
+        return cls(cls.CANNOT_TELL, reason=reason, retry=retry)
+
+
+def _lookup_failed(exc: Exception, provider: str) -> Lookup:
+    """A lookup that got no usable answer: the network or the provider's 5xx / 429 is worth
+    another try later; anything else (bad credentials, a 4xx) will not change by waiting."""
+    # requests errors carry the response; twilio's list raises TwilioException(text, response).
+    responses = [getattr(exc, "response", None), *exc.args]
+    status = next((r.status_code for r in responses if isinstance(getattr(r, "status_code", None), int)), None)
+    transient = isinstance(exc, (requests.ConnectionError, requests.Timeout)) or _transient_status(status)
+    return Lookup.cannot_tell(f"{provider} lookup failed: {type(exc).__name__}: {exc}", retry=transient)
+
+
 class Transport:
     # Messages one provider request can carry: the sender gathers this many before calling
     # `send_many`.
@@ -122,6 +210,10 @@ class Transport:
             except TransportError as exc:
                 outcomes.append(exc)
         return outcomes
+
+    def lookup(self, message: Message) -> Lookup:
+        """Did the provider accept this message? Never raises: a failure is "cannot tell"."""
+        return Lookup.cannot_tell(f"{type(self).__name__} has no way to ask")
 
 
 # Provider clients are kept per worker thread (a new HTTP session, and TLS handshake, per
@@ -161,7 +253,8 @@ def _read_environment_once(session: requests.Session, url: str) -> None:
 
 
 def _open_email_connection() -> Any:
-    connection = get_connection(fail_silently=False)
+    # anymail's own REQUESTS_TIMEOUT is overridden: one timeout for every provider call.
+    connection = get_connection(fail_silently=False, timeout=settings.DRIP_PROVIDER_TIMEOUT)
     connection.open()
     session = getattr(connection, "session", None)  # anymail's requests-based backends
     if isinstance(session, requests.Session):
@@ -178,7 +271,7 @@ class EmailTransport(Transport):
         return settings.DRIP_EMAIL_BATCH_MAX if _batches_postmark(self._connection()) else 1
 
     def _connection(self) -> Any:
-        key = (settings.EMAIL_BACKEND, repr(sorted(settings.ANYMAIL.items())))
+        key = (settings.EMAIL_BACKEND, repr(sorted(settings.ANYMAIL.items())), settings.DRIP_PROVIDER_TIMEOUT)
         return _client("email", key, _open_email_connection)
 
     def _email(self, message: Message, rendered: Rendered) -> AnymailMessage:
@@ -230,6 +323,24 @@ class EmailTransport(Transport):
             return classify(exc)
 
 
+    def lookup(self, message: Message) -> Lookup:
+        # Postmark's outbound search filters on the metadata every send carries. Other ESPs
+        # (and the console / SMTP backends) have no lookup here: cannot tell.
+        if settings.EMAIL_BACKEND != POSTMARK_BACKEND:
+            return Lookup.cannot_tell(f"no lookup for the email backend {settings.EMAIL_BACKEND}")
+        try:
+            answer = requests.get(
+                f"{_postmark_api_url()}messages/outbound",
+                params={"count": "1", "offset": "0", f"metadata_{METADATA_KEY}": str(message.pk)},
+                headers={"Accept": "application/json", "X-Postmark-Server-Token": _postmark_token()},
+                timeout=settings.DRIP_PROVIDER_TIMEOUT,
+            )
+            answer.raise_for_status()
+            return parse_postmark_search(answer.json(), message.pk)
+        except (requests.RequestException, ValueError) as exc:
+            return _lookup_failed(exc, "postmark")
+
+
 def _batches_postmark(connection: Any) -> bool:
     # Postmark's bulk API (POSTMARK_USE_BULK_API) is another endpoint: one message each then.
     return isinstance(connection, PostmarkBackend) and not connection.use_bulk_api
@@ -277,6 +388,28 @@ def _postmark_batch_results(connection: PostmarkBackend, response: requests.Resp
     return results
 
 
+def _postmark_api_url() -> str:
+    url = str(get_anymail_setting("api_url", esp_name="postmark", default=POSTMARK_API_URL))
+    return url if url.endswith("/") else url + "/"
+
+
+def _postmark_token() -> str:
+    return str(get_anymail_setting("server_token", esp_name="postmark"))
+
+
+def parse_postmark_search(answer: Any, message_id: int) -> Lookup:
+    """`GET /messages/outbound` → {"TotalCount": n, "Messages": [{"MessageID", "Metadata"}...]}."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("Messages"), list):
+        return Lookup.cannot_tell(f"postmark search answered {str(answer)[:200]!r}")
+    for found in answer["Messages"]:
+        metadata = found.get("Metadata") or {}
+        # The filter did this already; a proxy or a future API that ignored it must not make
+        # another message count as this one.
+        if str(metadata.get(METADATA_KEY, message_id)) == str(message_id) and found.get("MessageID"):
+            return Lookup.accepted(str(found["MessageID"]))
+    return Lookup.not_found()
+
+
 def _email_headers(message: Message) -> dict[str, str]:
     """RFC 8058 one-click unsubscribe (both headers must be covered by the DKIM signature:
     the operator's ESP set-up) and our own id."""
@@ -297,7 +430,7 @@ class ConsoleSmsTransport(Transport):
 def _twilio_client() -> Client:
     client = Client(
         settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN,
-        http_client=TwilioHttpClient(timeout=PROVIDER_TIMEOUT, pool_connections=True),
+        http_client=TwilioHttpClient(timeout=settings.DRIP_PROVIDER_TIMEOUT, pool_connections=True),
     )
     # A loopback stub in tests, a regional endpoint or proxy in production.
     client.api.base_url = settings.TWILIO_API_BASE_URL
@@ -307,7 +440,7 @@ def _twilio_client() -> Client:
 
 class TwilioSmsTransport(Transport):
     def __init__(self) -> None:
-        key = (settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, settings.TWILIO_API_BASE_URL)
+        key = (settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, settings.TWILIO_API_BASE_URL, settings.DRIP_PROVIDER_TIMEOUT)
         self.client = _client("twilio", key, _twilio_client)
 
     def send(self, message: Message, rendered: Rendered) -> str:
@@ -329,6 +462,49 @@ class TwilioSmsTransport(Transport):
             _forget("twilio")
             raise classify(exc) from exc
         return str(sent.sid)
+
+    def lookup(self, message: Message) -> Lookup:
+        """Twilio has no metadata to search by: the Messages list, filtered by recipient (and
+        our From number), matched on the body Drip recorded before the call and on a creation
+        time after the call began. No DateSent filter: a message Twilio accepted but has not
+        yet sent (still queued) has no DateSent, and it is exactly the one in question."""
+        service = settings.TWILIO_MESSAGING_SERVICE_SID
+        sender = {} if service else {"from_": settings.TWILIO_FROM_NUMBER}
+        try:
+            found = self.client.messages.list(to=message.to, limit=TWILIO_LOOKUP_LIMIT, **sender)
+        except Exception as exc:  # network, 5xx, bad credentials: said, never raised
+            _forget("twilio")
+            return _lookup_failed(exc, "twilio")
+        return match_twilio_messages(found, message, service)
+
+
+# Messages to one number from our sender since the call: a handful at most.
+TWILIO_LOOKUP_LIMIT = 50
+# Twilio's clock against ours: a message created this long before our call still counts.
+CLOCK_SKEW = timedelta(minutes=2)
+
+
+def match_twilio_messages(found: Iterable[Any], message: Message, service: str = "") -> Lookup:
+    """Twilio's messages to this recipient → this message's Lookup. With a messaging service
+    the From number is Twilio's pick, so the service sid decides which are ours; and the
+    service may rewrite the body (smart encoding, link shortening), so one of ours in the
+    window whose body differs means "cannot tell", not "not found": only a body match proves
+    arrival, and only no candidate at all proves absence."""
+    assert message.sending_at is not None
+    since = message.sending_at - CLOCK_SKEW
+    ours = [
+        m for m in found
+        if m.date_created is not None and m.date_created >= since
+        and (not service or m.messaging_service_sid == service)
+    ]
+    for candidate in ours:
+        if (candidate.body or "") == message.body and candidate.sid:
+            return Lookup.accepted(str(candidate.sid))
+    if service and ours:
+        return Lookup.cannot_tell(
+            f"a messaging service may rewrite bodies; {len(ours)} unmatched message(s) to {message.to} since the call"
+        )
+    return Lookup.not_found()
 
 
 def transport_for(channel: str) -> Transport:

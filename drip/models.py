@@ -274,7 +274,8 @@ class MessageQuerySet(models.QuerySet["Message"]):
         """queued → sending, for a send task; not before the next attempt is due (a
         duplicate of an earlier attempt's task must not jump a retry's backoff)."""
         return self.filter(status=Message.Status.QUEUED, next_attempt_at__lte=now + EARLY_TOLERANCE).update(
-            status=Message.Status.SENDING, sending_at=None, attempts=F("attempts") + 1, updated_at=now, claim_token=token
+            status=Message.Status.SENDING, sending_at=None, verify_at=None, attempts=F("attempts") + 1, updated_at=now,
+            claim_token=token,
         )
 
     def stuck_before_call(self, stale: datetime) -> MessageQuerySet:
@@ -303,8 +304,60 @@ class MessageQuerySet(models.QuerySet["Message"]):
         return self.update(status=Message.Status.FAILED, error=error, updated_at=now)
 
     def interrupted_in_call(self, cutoff: datetime) -> MessageQuerySet:
-        """The provider call began before `cutoff` and never recorded an outcome."""
-        return self.filter(status=Message.Status.SENDING, sending_at__lt=cutoff)
+        """The provider call began before `cutoff` and never recorded an outcome (nor was
+        handed to verification)."""
+        return self.filter(status=Message.Status.SENDING, sending_at__lt=cutoff, verify_at__isnull=True)
+
+    # --- verifying: `sending` with a provider call recorded and `verify_at` set ----------
+    # The outcome of the call is unknown (a read timeout, a worker lost in the call): the
+    # provider is asked whether it accepted the message (drip/verify.py). Not a status of its
+    # own: the statuses are a public contract, and the message *is* still being sent.
+
+    def verify_later(self, at: datetime, error: str, now: datetime) -> int:
+        """A recorded provider call without an outcome → verifying, first lookup at `at`."""
+        return self.filter(status=Message.Status.SENDING, sending_at__isnull=False).update(
+            verify_at=at, verify_attempts=0, error=error, updated_at=now
+        )
+
+    def verifying(self) -> MessageQuerySet:
+        return self.filter(status=Message.Status.SENDING, sending_at__isnull=False, verify_at__isnull=False)
+
+    def claim_verify(self, token: str, lease_until: datetime, now: datetime) -> int:
+        """Due for a lookup → held by one verify task (`token`) until `lease_until`: a
+        duplicate task finds it not due; a task lost with it is published again by the
+        reconciler once the lease is long past."""
+        return self.verifying().filter(verify_at__lte=now + EARLY_TOLERANCE).update(
+            claim_token=token, verify_at=lease_until, verify_attempts=F("verify_attempts") + 1, updated_at=now
+        )
+
+    def verify_again(self, at: datetime, now: datetime) -> int:
+        """Still verifying: the next lookup at `at` (too early to believe "not found", or the
+        lookup itself failed)."""
+        return self.verifying().update(verify_at=at, updated_at=now)
+
+    def verify_overdue_now(self, now: datetime) -> int:
+        """Verifying and long past its lookup time (the task was lost): due now, so the
+        reconciler's next run leaves it be until it is overdue again."""
+        return self.verifying().filter(verify_at__lt=now).update(verify_at=now, updated_at=now)
+
+    def verified_sent(self, provider_message_id: str, now: datetime) -> int:
+        """The provider has it: sent, at the time of the call."""
+        return self.verifying().update(
+            status=Message.Status.SENT, provider_message_id=provider_message_id, sent_at=F("sending_at"),
+            verify_at=None, error="", updated_at=now,
+        )
+
+    def verified_not_sent(self, error: str, now: datetime) -> int:
+        """The provider never got it: queued again, due now; the lost call was an attempt."""
+        return self.verifying().update(
+            status=Message.Status.QUEUED, sending_at=None, verify_at=None, next_attempt_at=now, rate_slot_at=None,
+            error=error, updated_at=now,
+        )
+
+    def verify_failed(self, error: str, now: datetime) -> int:
+        """Verifying → failed with the reason: the outcome cannot be told (no lookup for this
+        provider, or it kept failing), or not found with no attempt left."""
+        return self.verifying().update(status=Message.Status.FAILED, verify_at=None, error=error, updated_at=now)
 
     def wake_held(self, token: str, until: datetime) -> int:
         """Held past the enqueue horizon (quiet hours) and now coming within it: marked with
@@ -323,13 +376,16 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def requeue_failed(self, now: datetime) -> int:
         """failed → queued with a fresh budget (attempts and lost claims): an operator's call."""
         return self.filter(status=Message.Status.FAILED).update(
-            status=Message.Status.QUEUED, attempts=0, lost_claims=0, sending_at=None, next_attempt_at=now, updated_at=now
+            status=Message.Status.QUEUED, attempts=0, lost_claims=0, verify_attempts=0, sending_at=None, next_attempt_at=now,
+            updated_at=now,
         )
 
 
 # The claim token of a queued message that waits in the database, not in the broker, for a
 # time beyond the enqueue horizon (the end of quiet hours): the dispatcher wakes it.
 HELD = "held"
+# The start of a verifying message's error, then why its outcome is unknown (drip/verify.py).
+VERIFYING = "verifying with the provider: "
 
 
 class Message(models.Model):
@@ -381,6 +437,10 @@ class Message(models.Model):
     # Claims lost before the provider call (the worker died holding it); past a few, the
     # message itself is what kills its worker, and it is failed instead of retried again.
     lost_claims = models.PositiveSmallIntegerField(default=0)
+    # Verifying (status `sending`, a call recorded, the outcome unknown): when the provider is
+    # next asked whether it accepted the message, and how many lookups were made so far.
+    verify_at = models.DateTimeField(null=True, blank=True)
+    verify_attempts = models.PositiveSmallIntegerField(default=0)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     # The first open / click an ESP reported (drip/inbound/reports.py); later ones are rows

@@ -38,6 +38,7 @@ from .models import Message
 RUN_STEPS = "drip.tasks.run_steps"
 SEND_MESSAGES = "drip.tasks.send_messages"
 RUN_CONSOLE_JOB = "drip.tasks.run_console_job"
+VERIFY_MESSAGES = "drip.tasks.verify_messages"
 
 
 def enqueue_steps(claimed: Iterable[tuple[int, datetime]], batch_size: int | None = None) -> None:
@@ -67,6 +68,17 @@ def enqueue_sends(
 def enqueue_console_job(job_id: int) -> None:
     """A console job (a large CSV import, completing a large event) on the steps queue."""
     _send(RUN_CONSOLE_JOB, [job_id], None)
+
+
+def enqueue_verifications(messages: Iterable[tuple[int, str]], eta: datetime | None = None) -> None:
+    """Lookup tasks for messages whose send outcome is unknown, on their channel's queue
+    (a lookup waits on the same provider as a send)."""
+    by_channel: dict[str, list[int]] = defaultdict(list)
+    for message_id, channel in messages:
+        by_channel[channel].append(message_id)
+    for channel, ids in sorted(by_channel.items()):
+        for batch in batches(ids, settings.DRIP_SEND_BATCH):
+            _send(VERIFY_MESSAGES, batch, eta, queue=send_queue(channel))
 
 
 def send_queue(channel: str) -> str:

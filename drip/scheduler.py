@@ -23,8 +23,8 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from .models import HELD, Message, Step, StepQuerySet
-from .publish import batches, broker_was_reset, enqueue_sends, enqueue_steps
+from .models import HELD, VERIFYING, Message, Step, StepQuerySet
+from .publish import batches, broker_was_reset, enqueue_sends, enqueue_steps, enqueue_verifications
 
 log = logging.getLogger("drip.scheduler")
 CLAIM_BATCH = 1000
@@ -111,7 +111,8 @@ def reconcile(now: datetime | None = None) -> dict[str, int]:
     with transaction.atomic():
         if not _try_advisory_xact_lock(RECONCILE_LOCK):
             log.info("reconcile skipped: another run holds the lock")
-            return {"steps_reenqueued": 0, "messages_reenqueued": 0, "messages_unknown": 0, "skipped": 1}
+            return {"steps_reenqueued": 0, "messages_reenqueued": 0, "messages_to_verify": 0, "verifications_reenqueued": 0,
+                    "skipped": 1}
         return _reconcile(now or timezone.now())
 
 
@@ -133,7 +134,8 @@ def _reconcile(now: datetime) -> dict[str, int]:
     counts = {
         "steps_reenqueued": _reenqueue_lost_steps(now, stale, everything),
         "messages_reenqueued": _reenqueue_lost_messages(now, stale, everything),
-        "messages_unknown": _fail_interrupted_sends(now),
+        "messages_to_verify": _verify_interrupted_sends(now),
+        "verifications_reenqueued": _reenqueue_lost_verifications(now, stale, everything),
     }
     if any(counts.values()):
         log.warning("reconcile recovered lost work: %s", counts)
@@ -215,11 +217,40 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -
     return total
 
 
-def _fail_interrupted_sends(now: datetime) -> int:
+WORKER_LOST = VERIFYING + "worker lost during the provider call"
+
+
+def _verify_interrupted_sends(now: datetime) -> int:
     # The worker died during the provider call: the provider may or may not have accepted
-    # the message. Sending again could deliver it twice, so it is failed with the reason and
-    # left for an operator (the admin can re-queue it).
+    # the message. Sending again could deliver it twice and failing it could lose it, so the
+    # provider is asked (drip/verify.py, a task: a lookup is a network call, never made
+    # inside this transaction).
     cutoff = now - timedelta(seconds=settings.DRIP_SENDING_TIMEOUT)
-    return Message.objects.interrupted_in_call(cutoff).fail(
-        "worker lost during the provider call: outcome unknown, not resent to avoid a duplicate", now
-    )
+    at = now + timedelta(seconds=settings.DRIP_VERIFY_DELAY)
+    total = 0
+    for rows in _in_batches(Message.objects.interrupted_in_call(cutoff), ("channel",)):
+        ids = [mid for mid, _ in rows]
+        with transaction.atomic():
+            total += Message.objects.filter(id__in=ids).interrupted_in_call(cutoff).verify_later(at, WORKER_LOST, now)
+            # A row that settled meanwhile gets a task that finds nothing to do.
+            transaction.on_commit(partial(enqueue_verifications, rows, eta=at))
+    return total
+
+
+def _reenqueue_lost_verifications(now: datetime, stale: datetime, everything: bool) -> int:
+    """Verifying messages whose lookup task was lost (a lookup past due by the grace, or
+    everything after a broker reset) get a new one; the task's claim decides."""
+    lost = Message.objects.verifying()
+    if not everything:
+        lost = lost.filter(verify_at__lt=stale)
+    total = 0
+    for rows in _in_batches(lost, ("channel", "verify_at")):
+        ids = [mid for mid, _, _ in rows]
+        with transaction.atomic():
+            Message.objects.filter(id__in=ids).verify_overdue_now(now)
+            transaction.on_commit(partial(enqueue_verifications, [(mid, ch) for mid, ch, at in rows if at <= now]))
+            for mid, channel, at in rows:
+                if at > now:
+                    transaction.on_commit(partial(enqueue_verifications, [(mid, channel)], eta=at))
+        total += len(rows)
+    return total

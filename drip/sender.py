@@ -26,9 +26,9 @@ from django.utils import timezone
 from .channels import Transport, TransportError, transport_for
 from .consent import ConsentView, record_for_address
 from .logs import IdsAdapter, message_log
-from .models import HELD, Channel, ConsentRecord, Contact, Message
+from .models import HELD, VERIFYING, Channel, ConsentRecord, Contact, Message, MessageQuerySet
 from .policy import frequency_cap_reason, frequency_capped, message_block, message_expiry, quiet_hours_end
-from .publish import enqueue_sends
+from .publish import enqueue_sends, enqueue_verifications
 from .ratelimit import reserve_send_slot
 from .rendering import Rendered, RenderError, render_message
 from .sms import sms_segments
@@ -217,10 +217,9 @@ def _record_sent(sent: list[tuple[_Ready, str]]) -> None:
             ready.log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to,
                            sent_at.isoformat(), provider_id)
         else:
-            # Only after DRIP_SENDING_TIMEOUT is a recorded call taken away ("outcome
-            # unknown"): it did arrive. Say so loudly, with what an operator needs before
-            # sending again.
-            ready.log.error("%s %s accepted by the provider (provider_id=%s) after it was given up as unknown; do not send again",
+            # Only after DRIP_SENDING_TIMEOUT is a recorded call taken away (to be verified at
+            # the provider, which will find it). Say so loudly, with the provider's id.
+            ready.log.error("%s %s accepted by the provider (provider_id=%s) after it was handed to verification; do not send again",
                             message.template_type, message.channel, provider_id)
 
 
@@ -304,7 +303,7 @@ def _sms_length(message: Message, rendered: Rendered, log: IdsAdapter) -> dict[s
     return {"sms_encoding": encoding, "sms_segments": segments}
 
 
-def _mine(message: Message) -> QuerySet[Message]:
+def _mine(message: Message) -> MessageQuerySet:
     """The row as long as this task's claim holds: each claim sets a new token, so a claim
     taken over by the reconciler and another task no longer matches."""
     return Message.objects.filter(id=message.id, status=Message.Status.SENDING, claim_token=message.claim_token)
@@ -339,6 +338,9 @@ def retry_delay(attempt: int) -> float:
 
 
 def _on_transport_error(message: Message, exc: TransportError, consent: ConsentView, log: IdsAdapter) -> None:
+    if exc.maybe_sent:
+        _verify_later(message, exc, log)
+        return
     attempts = message.attempts
     if exc.revoke_consent:
         # The provider's opt-out belongs to the address: every contact reached at it.
@@ -358,6 +360,19 @@ def _on_transport_error(message: Message, exc: TransportError, consent: ConsentV
     delay = retry_delay(attempts)
     _requeue(message, delay, error=exc.message, count_attempt=True)
     log.warning("%s %s attempt %d failed, retry in %.1fs: %s", message.template_type, message.channel, attempts, delay, exc.message)
+
+
+def _verify_later(message: Message, exc: TransportError, log: IdsAdapter) -> None:
+    """The request left and no answer came back: neither "sent" nor "send again" is safe, so
+    the provider is asked (drip/verify.py) after DRIP_VERIFY_DELAY. The row is the timer: a
+    lost verify task is published again by the reconciler."""
+    now = timezone.now()
+    at = now + timedelta(seconds=settings.DRIP_VERIFY_DELAY)
+    with transaction.atomic():
+        if _mine(message).verify_later(at, VERIFYING + exc.message, now):
+            transaction.on_commit(lambda: enqueue_verifications([(message.id, message.channel)], eta=at))
+    log.warning("%s %s outcome unknown, verifying with the provider in %.0fs: %s", message.template_type, message.channel,
+                settings.DRIP_VERIFY_DELAY, exc.message)
 
 
 def _requeue(

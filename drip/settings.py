@@ -162,9 +162,22 @@ DRIP_DISPATCH_INTERVAL = env_float("DRIP_DISPATCH_INTERVAL", 5.0, minimum=1)
 DRIP_RECONCILE_INTERVAL = env_float("DRIP_RECONCILE_INTERVAL", 30.0, minimum=1)
 # A step or message left behind longer than this (real seconds) is taken as a lost enqueue.
 DRIP_RECONCILE_GRACE = env_float("DRIP_RECONCILE_GRACE", 120.0, minimum=0.1)
-# A message whose provider call began this long ago without an outcome is failed as
-# "outcome unknown" rather than sent twice.
-DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 600.0, minimum=1)
+# Seconds a provider call (and a lookup) may take before the client gives up on it.
+DRIP_PROVIDER_TIMEOUT = env_float("DRIP_PROVIDER_TIMEOUT", 30.0, minimum=0.1)
+# A message whose provider call began this long ago without an outcome (its worker died in
+# the call) is looked up at the provider (drip/verify.py). Longer than the provider
+# timeout: a live worker has given up on its call well before.
+DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 120.0, minimum=1)
+if DRIP_SENDING_TIMEOUT <= DRIP_PROVIDER_TIMEOUT:
+    raise ImproperlyConfigured("DRIP_SENDING_TIMEOUT must be longer than DRIP_PROVIDER_TIMEOUT.")
+# Verifying a send whose outcome is unknown (a read timeout, a worker lost in the call):
+# the first lookup after DRIP_VERIFY_DELAY seconds; "not found" is believed only once
+# DRIP_VERIFY_NOT_FOUND_AFTER seconds have passed since the call (a provider's search index
+# lags behind its send API), and then the message is sent again. A lookup that fails
+# (network) is tried again, DRIP_VERIFY_MAX_ATTEMPTS times in all. Real seconds, never scaled.
+DRIP_VERIFY_DELAY = env_float("DRIP_VERIFY_DELAY", 5.0, minimum=0)
+DRIP_VERIFY_NOT_FOUND_AFTER = env_float("DRIP_VERIFY_NOT_FOUND_AFTER", 45.0, minimum=0)
+DRIP_VERIFY_MAX_ATTEMPTS = int(env_float("DRIP_VERIFY_MAX_ATTEMPTS", 8, minimum=1))
 # Work is handed to tasks in batches: the step task runs up to DRIP_STEP_BATCH steps due at
 # the same instant, the send task up to DRIP_SEND_BATCH messages (one claim, one load, one
 # consent read for all of them). A send batch that runs longer than DRIP_SEND_BATCH_SECONDS

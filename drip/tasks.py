@@ -10,7 +10,7 @@ from celery import shared_task
 from celery.signals import task_prerun
 from django.db import connections
 
-from . import publish, scheduler, sender, steps
+from . import publish, scheduler, sender, steps, verify
 from .console import jobs
 
 
@@ -38,6 +38,11 @@ def send_messages(message_ids: list[int]) -> None:
 def run_console_job(job_ids: list[int]) -> None:
     for job_id in job_ids:
         jobs.run_job(job_id)
+
+
+@shared_task(name=publish.VERIFY_MESSAGES)
+def verify_messages(message_ids: list[int]) -> None:
+    verify.verify_batch(message_ids)
 
 
 # The one-id forms: tasks published before batching still run after an upgrade.

@@ -1,15 +1,26 @@
 """A loopback stand-in for Postmark and Twilio: the real anymail backend and the real
-twilio client talk HTTP to it, and tests assert on what it received."""
+twilio client talk HTTP to it, and tests assert on what it received. It answers the
+providers' lookups (Postmark's outbound search, Twilio's Messages list) from what it
+recorded, and can misbehave the way a network does: accept a message, then hang past the
+client's timeout or drop the connection; or drop it before reading anything."""
 from __future__ import annotations
 
 import json
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+# What a stub answers instead of (status, body) to close the connection without a word.
+DROP = 0
+# The From a messaging service picks from its pool, in the stub.
+POOL_NUMBER = "+15005550001"
 
 
 @dataclass
@@ -24,6 +35,80 @@ class Received:
     raw: dict[str, Any] = field(default_factory=dict)
     provider_id: str = ""
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.raw.get("Metadata") or {}
+
+    @property
+    def sender(self) -> str:
+        return self.raw.get("From") or (POOL_NUMBER if self.raw.get("MessagingServiceSid") else "")
+
+    @property
+    def service(self) -> str:
+        return self.raw.get("MessagingServiceSid", "")
+
+    @property
+    def body(self) -> str:
+        return self.text
+
+
+class Record(Protocol):
+    """What the lookups read of a recorded message (Received here, bench's Receipt)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def to(self) -> str: ...
+    @property
+    def provider_id(self) -> str: ...
+    @property
+    def metadata(self) -> dict[str, str]: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+
+
+def postmark_search(records: Iterable[Record], params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """`GET /messages/outbound?count=&offset=&metadata_<key>=<value>`: newest first."""
+    wanted = {k.removeprefix("metadata_"): v for k, v in params.items() if k.startswith("metadata_")}
+    found = [r for r in records if r.kind == "email" and all(r.metadata.get(k) == v for k, v in wanted.items())]
+    found.sort(key=lambda r: r.at, reverse=True)
+    offset, count = int(params.get("offset", 0)), int(params.get("count", 100))
+    return 200, {"TotalCount": len(found), "Messages": [
+        {"MessageID": r.provider_id, "To": [{"Email": r.to, "Name": ""}], "Status": "Sent", "Metadata": r.metadata,
+         "ReceivedAt": datetime.fromtimestamp(r.at, UTC).isoformat()}
+        for r in found[offset:offset + count]
+    ]}
+
+
+def twilio_list(records: Iterable[Record], path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """`GET /2010-04-01/Accounts/<sid>/Messages.json?To=&From=&PageSize=`, one page, newest
+    first, in the page format the twilio SDK reads (its records under "messages")."""
+    found = [
+        r for r in records
+        if r.kind == "sms" and r.to == params.get("To", r.to) and r.sender == params.get("From", r.sender)
+    ]
+    found.sort(key=lambda r: r.at, reverse=True)
+    size = int(params.get("PageSize", 50))
+    uri = path.split("?")[0]
+    return 200, {
+        "messages": [_twilio_message(r) for r in found[:size]],
+        "first_page_uri": f"{uri}?PageSize={size}&Page=0", "next_page_uri": None, "previous_page_uri": None,
+        "page": 0, "page_size": size, "start": 0, "end": max(0, min(size, len(found)) - 1), "uri": path,
+    }
+
+
+def _twilio_message(r: Record) -> dict[str, Any]:
+    created = format_datetime(datetime.fromtimestamp(r.at, UTC))  # RFC 2822, as Twilio's
+    return {"sid": r.provider_id, "to": r.to, "from": r.sender, "body": r.body, "status": "sent",
+            "messaging_service_sid": r.service or None, "date_created": created, "date_sent": created,
+            "date_updated": created, "account_sid": "ACtest", "num_segments": "1", "direction": "outbound-api"}
+
 
 @dataclass
 class Failure:
@@ -34,7 +119,10 @@ class Failure:
 def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[ThreadingHTTPServer, str]:
     """Serve Postmark's `/email` and `/email/batch` and Twilio's `.../Messages.json` on a
     free loopback port, answering with `stub._postmark(raw)` / `stub._postmark_batch(raw)` /
-    `stub._twilio(raw)` -> (status, JSON body). Shared by the tests' stub and the benchmark's."""
+    `stub._twilio(raw)` -> (status, JSON body), or (DROP, _) to close the connection
+    unanswered; and their lookups, `GET /messages/outbound` and `GET .../Messages.json`, with
+    `stub._postmark_search(params)` / `stub._twilio_list(path, params)`. Shared by the tests'
+    stub and the benchmark's."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
@@ -47,6 +135,9 @@ def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[T
             pass
 
         def do_POST(self) -> None:
+            if stub._drops_unread(self.path):
+                self.close_connection = True  # nothing read, nothing recorded, no answer
+                return
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path.rstrip("/").endswith("/email"):
                 status, body = stub._postmark(raw)
@@ -56,12 +147,35 @@ def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[T
                 status, body = stub._twilio(raw)
             else:
                 status, body = 404, {"error": f"no route {self.path}"}
+            self._answer(status, body)
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            params = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if url.path.rstrip("/").endswith("/messages/outbound"):
+                if not self.headers.get("X-Postmark-Server-Token"):
+                    status, body = 401, {"ErrorCode": 10, "Message": "No Account or Server API tokens were supplied"}
+                else:
+                    status, body = stub._postmark_search(params)
+            elif url.path.endswith("/Messages.json"):
+                status, body = stub._twilio_list(self.path, params)
+            else:
+                status, body = 404, {"error": f"no route {self.path}"}
+            self._answer(status, body)
+
+        def _answer(self, status: int, body: Any) -> None:
+            if status == DROP:
+                self.close_connection = True
+                return
             payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except OSError:  # the client gave up waiting (a hang past its timeout)
+                self.close_connection = True
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -80,6 +194,10 @@ class ProviderStub:
         self.email_requests: list[tuple[str, int]] = []
         self.latency = 0.0
         self.hangs: dict[str, float] = {}
+        # Misbehaviours for the next requests of a kind, in order (see `misbehave`).
+        self.modes: dict[str, list[str]] = {"email": [], "sms": []}
+        self.hang_after_accept = 5.0
+        self.lookups: list[tuple[str, dict[str, str]]] = []
         self.released = threading.Event()
         self.lock = threading.Lock()
         self.server, self.url = serve_provider_api(self)
@@ -96,6 +214,8 @@ class ProviderStub:
             self.email_requests = []
             self.latency = 0.0
             self.hangs = {}
+            self.modes = {"email": [], "sms": []}
+            self.lookups = []
             self.released.set()  # hung requests answer 503 now, recording nothing
             self.released = threading.Event()
 
@@ -112,6 +232,43 @@ class ProviderStub:
         if seconds:
             self.released.wait(seconds)
         return bool(seconds)
+
+    def misbehave(self, kind: str, mode: str) -> None:
+        """The next request of this kind: "accept_then_hang" (recorded, then no answer for
+        `hang_after_accept` seconds: past the client's timeout), "accept_then_drop"
+        (recorded, then the connection closed unanswered), or "drop" (closed before reading
+        the request: nothing recorded)."""
+        assert mode in ("accept_then_hang", "accept_then_drop", "drop")
+        with self.lock:
+            self.modes[kind].append(mode)
+
+    def _next_mode(self, kind: str, modes: tuple[str, ...]) -> str | None:
+        with self.lock:
+            if self.modes[kind] and self.modes[kind][0] in modes:
+                return self.modes[kind].pop(0)
+        return None
+
+    def _drops_unread(self, path: str) -> bool:
+        kind = "email" if path.rstrip("/").endswith("/email") else "sms"
+        return self._next_mode(kind, ("drop",)) is not None
+
+    def _after_accept(self, kind: str, answer: tuple[int, Any]) -> tuple[int, Any]:
+        mode = self._next_mode(kind, ("accept_then_hang", "accept_then_drop"))
+        if mode == "accept_then_hang":
+            self.released.wait(self.hang_after_accept)
+        return (DROP, {}) if mode else answer
+
+    def _postmark_search(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.lookups.append(("email", params))
+            records = list(self.received)
+        return postmark_search(records, params)
+
+    def _twilio_list(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.lookups.append(("sms", params))
+            records = list(self.received)
+        return twilio_list(records, path, params)
 
     def fail_next(self, kind: str, status: int, body: dict[str, Any] | None = None) -> None:
         with self.lock:
@@ -138,7 +295,7 @@ class ProviderStub:
             body = {k: v.replace("{to}", data.get("To", "")) if isinstance(v, str) else v for k, v in failure.body.items()}
             return failure.status, body or {"ErrorCode": 500, "Message": "stub failure"}
         answer = self._accept_email(data)
-        return (200 if answer["ErrorCode"] == 0 else 422), answer
+        return self._after_accept("email", ((200 if answer["ErrorCode"] == 0 else 422), answer))
 
     def _postmark_batch(self, raw: bytes) -> tuple[int, dict[str, Any] | list[dict[str, Any]]]:
         """Postmark's batch: a 200 with one answer per message, in order; a failure queued
@@ -152,7 +309,7 @@ class ProviderStub:
         failure = self._next_failure("email")
         if failure:
             return failure.status, failure.body or {"ErrorCode": 500, "Message": "stub failure"}
-        return 200, [self._accept_email(data) for data in items]
+        return self._after_accept("email", (200, [self._accept_email(data) for data in items]))
 
     def _accept_email(self, data: dict[str, Any]) -> dict[str, Any]:
         """One message as Postmark answers it: recorded and given a MessageID, or refused."""
@@ -182,8 +339,9 @@ class ProviderStub:
         sid = "SM" + uuid.uuid4().hex
         with self.lock:
             self.received.append(Received("sms", time.time(), form.get("To", ""), text=form.get("Body", ""), raw=form, provider_id=sid))
-        return 201, {"sid": sid, "status": "queued", "to": form.get("To"), "from": form.get("From"), "body": form.get("Body"),
-                     "account_sid": "ACtest", "num_segments": "1", "direction": "outbound-api"}
+        return self._after_accept("sms", (201, {"sid": sid, "status": "queued", "to": form.get("To"), "from": form.get("From"),
+                                                "body": form.get("Body"), "account_sid": "ACtest", "num_segments": "1",
+                                                "direction": "outbound-api"}))
 
     # --- helpers for assertions ---------------------------------------------------
     def messages(self, kind: str | None = None, to: str | None = None) -> list[Received]:
