@@ -173,9 +173,10 @@ class StepQuerySet(models.QuerySet["Step"]):
         """→ enqueued again, for work whose task was lost (the caller's filter says which)."""
         return self.update(status=Step.Status.ENQUEUED, enqueued_at=now, claim_token=token)
 
-    def start_run(self, token: str, now: datetime) -> int:
-        """enqueued → running, for a step task; not before the step is due."""
-        return self.filter(status=Step.Status.ENQUEUED, due_at__lte=now + EARLY_TOLERANCE).update(
+    def start_run(self, token: str, now: datetime, ready_until: datetime) -> int:
+        """enqueued → running, for a step task; only steps due by `ready_until` (now, plus
+        the lead a step is prepared with, plus the tolerance)."""
+        return self.filter(status=Step.Status.ENQUEUED, due_at__lte=ready_until).update(
             status=Step.Status.RUNNING, started_at=now, attempts=F("attempts") + 1, claim_token=token
         )
 
@@ -185,6 +186,10 @@ class StepQuerySet(models.QuerySet["Step"]):
 
     def cancel_open(self, reason: str, now: datetime) -> int:
         return self.open().update(status=Step.Status.CANCELLED, reason=reason, finished_at=now)
+
+    def cancel_prepared(self, reason: str, now: datetime) -> int:
+        """Done ahead of time (its messages made, none sent yet: the caller's filter) → cancelled."""
+        return self.filter(status=Step.Status.DONE).update(status=Step.Status.CANCELLED, reason=reason, finished_at=now)
 
     def cancel_unfinished(self, reason: str, now: datetime) -> int:
         """Open or running → cancelled (a re-plan: a run in progress finishes only steps it

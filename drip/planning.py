@@ -170,9 +170,14 @@ def _latest_versions(registration_ids: Iterable[int]) -> dict[tuple[int, str], i
 
 def cancel_steps(steps: StepQuerySet, reason: str, now: datetime | None = None) -> int:
     """Cancel every open step of the queryset (running ones re-validate anyway), and
-    withdraw their messages that have not reached the provider yet."""
+    withdraw their messages that have not reached the provider yet. A step prepared ahead
+    of its due time (DRIP_STEP_LEAD) none of whose messages reached a provider is
+    cancelled too: to its reader it had not happened yet."""
+    now = now or timezone.now()
     Message.objects.filter(step__in=steps).withdraw(reason)
-    return steps.cancel_open(reason, now or timezone.now())
+    reached = Message.objects.exclude(status=Message.Status.SKIPPED).values("step_id")
+    prepared = steps.filter(status=Step.Status.DONE, due_at__gt=now).exclude(id__in=reached)
+    return steps.cancel_open(reason, now) + prepared.cancel_prepared(reason, now)
 
 
 def _log_plan(steps: list[Step]) -> None:

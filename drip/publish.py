@@ -42,14 +42,16 @@ VERIFY_MESSAGES = "drip.tasks.verify_messages"
 
 
 def enqueue_steps(claimed: Iterable[tuple[int, datetime]], batch_size: int | None = None) -> None:
-    """One task per batch of steps due at the same instant, with that instant as its ETA:
-    steps due at different times never wait for each other."""
+    """One task per batch of steps due at the same instant, DRIP_STEP_LEAD before that
+    instant: steps due at different times never wait for each other, and their messages
+    are ready to go when the instant comes (steps.run_step_batch)."""
     by_due: dict[datetime, list[int]] = defaultdict(list)
     for step_id, due_at in claimed:
         by_due[due_at].append(step_id)
+    lead = timedelta(seconds=settings.DRIP_STEP_LEAD)
     for due_at, ids in sorted(by_due.items()):
         for batch in batches(ids, _size(batch_size, settings.DRIP_STEP_BATCH)):
-            _send(RUN_STEPS, batch, due_at)
+            _send(RUN_STEPS, batch, due_at - lead)
 
 
 def enqueue_sends(

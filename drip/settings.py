@@ -136,6 +136,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A threads worker (the sender) keeps ETA tasks in a timer thread that sleeps up to this long
+# without noticing a task that arrives meanwhile with an earlier ETA (celery.utils.timer2):
+# at Celery's default of 1 s, a reminder could leave up to a second late. A wake-up every
+# 50 ms costs nothing measurable.
+CELERY_WORKER_TIMER_PRECISION = 0.05
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
@@ -184,6 +189,11 @@ DRIP_VERIFY_MAX_ATTEMPTS = int(env_float("DRIP_VERIFY_MAX_ATTEMPTS", 8, minimum=
 # (a slow provider) hands its unsent rest back as new, smaller tasks: no claim is held for
 # long, and idle workers (a sender's threads) share the work.
 DRIP_STEP_BATCH = int(env_float("DRIP_STEP_BATCH", 200, minimum=1))
+# A step task runs this many real seconds before its steps are due: it checks them, creates
+# their messages and hands them to the sender with the due time as their ETA, so at the due
+# instant only the send remains (the sender checks everything again right before the
+# provider call). 0 runs steps at their due time.
+DRIP_STEP_LEAD = env_float("DRIP_STEP_LEAD", 10.0, minimum=0)
 DRIP_SEND_BATCH = int(env_float("DRIP_SEND_BATCH", 50, minimum=1))
 DRIP_SEND_BATCH_SECONDS = env_float("DRIP_SEND_BATCH_SECONDS", 2.0, minimum=0.1)
 # Most emails in one provider request where the backend has a batch endpoint (Postmark's

@@ -3,9 +3,11 @@ hand them to the sender. A step's outcome commits together with its status "done
 from __future__ import annotations
 
 import uuid
-from collections import Counter
-from datetime import datetime
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from functools import partial
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -20,16 +22,23 @@ STEP_RELATED = ("registration__event", "registration__contact")
 
 
 def run_step_batch(step_ids: list[int]) -> None:
-    """The work of the step task: claim, check, plan the messages, hand them on."""
+    """The work of the step task: claim, check, plan the messages, hand them on. It runs
+    DRIP_STEP_LEAD before the steps are due (publish.enqueue_steps), and the messages leave
+    with the due time as their ETA: at the due instant only the send remains."""
     now = timezone.now()
     token = uuid.uuid4().hex
     # Not yet due: a stray early delivery leaves the step to its own ETA task (or, if that
     # was lost, to the reconciler) instead of stealing the claim.
-    claimed = Step.objects.filter(id__in=step_ids).start_run(token, now)
+    claimed = Step.objects.filter(id__in=step_ids).start_run(token, now, ready_until(now))
     if claimed:
         _run_claimed(step_ids, token, now)
     if claimed < len(step_ids):
         _rearm_early(step_ids, now)  # the rest: already run, cancelled, re-planned, or early
+
+
+def ready_until(now: datetime) -> datetime:
+    """The latest due time a step task may take now: its lead, and the timer's tolerance."""
+    return now + timedelta(seconds=settings.DRIP_STEP_LEAD) + EARLY_TOLERANCE
 
 
 def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
@@ -54,8 +63,12 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
         messages = _messages_for(runnable, now)
         Message.objects.bulk_create(messages)
         # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.
-        queued = [(m.pk, m.channel) for m in messages if m.status == Message.Status.QUEUED]
-        transaction.on_commit(lambda: enqueue_sends(queued))
+        by_due: dict[datetime, list[tuple[int, str]]] = defaultdict(list)
+        for m in messages:
+            if m.status == Message.Status.QUEUED:
+                by_due[m.next_attempt_at].append((m.pk, m.channel))
+        for due, pairs in by_due.items():
+            transaction.on_commit(partial(enqueue_sends, pairs, eta=due if due > now else None))
     _log_outcomes(blocked, runnable, messages, now)
 
 
@@ -92,7 +105,8 @@ def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
                     step=step, contact=contact, registration=registration, channel=channel,
                     template_type=definition.template_type, to=contact.address_for(channel), purpose=definition.purpose,
                     status=Message.Status.SKIPPED if reason else Message.Status.QUEUED,
-                    error=reason, expires_at=step.expires_at, next_attempt_at=now,
+                    # Prepared ahead (DRIP_STEP_LEAD): not sent before the step is due.
+                    error=reason, expires_at=step.expires_at, next_attempt_at=max(now, step.due_at),
                 )
             )
     return messages
@@ -102,5 +116,5 @@ def _rearm_early(step_ids: list[int], now: datetime) -> None:
     """A task that arrives before its steps are due (clocks of hosts apart by more than the
     tolerance) asks again at the due time rather than leaving them to the reconciler.
     Duplicates this may create are harmless: only one claim can win."""
-    early = Step.objects.filter(id__in=step_ids, status=Step.Status.ENQUEUED, due_at__gt=now + EARLY_TOLERANCE)
+    early = Step.objects.filter(id__in=step_ids, status=Step.Status.ENQUEUED, due_at__gt=ready_until(now))
     enqueue_steps(early.values_list("id", "due_at"))

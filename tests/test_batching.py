@@ -43,6 +43,7 @@ def test_steps_due_at_one_instant_run_as_one_task_and_send_in_batches(worker, pr
 
 def test_steps_due_at_different_times_never_wait_for_each_other(transactional_db, settings, published):
     settings.DRIP_STEP_BATCH = 2
+    settings.DRIP_STEP_LEAD = 4  # each batch runs that long before its instant
     now = timezone.now().replace(microsecond=0)
     due = [now + timedelta(seconds=s) for s in (30, 10, 30, 20, 30)]
     try:
@@ -51,10 +52,10 @@ def test_steps_due_at_different_times_never_wait_for_each_other(transactional_db
         flush_broker()
     batches = [(args[0], eta) for task, args, eta in published if task == "drip.tasks.run_steps"]
     assert batches == [
-        ([2], (now + timedelta(seconds=10)).isoformat()),
-        ([4], (now + timedelta(seconds=20)).isoformat()),
-        ([1, 3], (now + timedelta(seconds=30)).isoformat()),  # same instant, cut at DRIP_STEP_BATCH
-        ([5], (now + timedelta(seconds=30)).isoformat()),
+        ([2], (now + timedelta(seconds=6)).isoformat()),
+        ([4], (now + timedelta(seconds=16)).isoformat()),
+        ([1, 3], (now + timedelta(seconds=26)).isoformat()),  # same instant, cut at DRIP_STEP_BATCH
+        ([5], (now + timedelta(seconds=26)).isoformat()),
     ]
 
 
