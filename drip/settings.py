@@ -162,6 +162,17 @@ DRIP_DISPATCH_INTERVAL = env_float("DRIP_DISPATCH_INTERVAL", 5.0, minimum=1)
 DRIP_RECONCILE_INTERVAL = env_float("DRIP_RECONCILE_INTERVAL", 30.0, minimum=1)
 # A step or message left behind longer than this (real seconds) is taken as a lost enqueue.
 DRIP_RECONCILE_GRACE = env_float("DRIP_RECONCILE_GRACE", 120.0, minimum=0.1)
+# Fast failover (drip/workers.py, drip/failover.py): every worker process writes a heartbeat
+# to the database every DRIP_WORKER_HEARTBEAT seconds and records which steps and messages it
+# holds; beat runs the failover every DRIP_FAILOVER_INTERVAL (whole) seconds, and a worker
+# silent for DRIP_WORKER_DEAD_AFTER seconds has its held work re-armed for the others at once,
+# instead of after the visibility timeout (Redis, 1 h) or DRIP_RECONCILE_GRACE.
+DRIP_WORKER_HEARTBEAT = env_float("DRIP_WORKER_HEARTBEAT", 2.0, minimum=0.1)
+DRIP_WORKER_DEAD_AFTER = env_float("DRIP_WORKER_DEAD_AFTER", 6.0, minimum=0.3)
+DRIP_FAILOVER_INTERVAL = env_float("DRIP_FAILOVER_INTERVAL", 2.0, minimum=1)
+if DRIP_WORKER_DEAD_AFTER < 2 * DRIP_WORKER_HEARTBEAT:
+    # One late heartbeat (a busy host, a slow commit) must not pass for a death.
+    raise ImproperlyConfigured("DRIP_WORKER_DEAD_AFTER must be at least twice DRIP_WORKER_HEARTBEAT.")
 # A message whose provider call began this long ago without an outcome is failed as
 # "outcome unknown" rather than sent twice.
 DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 600.0, minimum=1)
