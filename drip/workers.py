@@ -74,12 +74,11 @@ class Presence:
         self._wake.set()
 
     def _run(self) -> None:
-        interval = settings.DRIP_WORKER_HEARTBEAT
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
                 self._tick()
-                self._wake.wait(interval)
+                self._wake.wait(settings.DRIP_WORKER_HEARTBEAT)
             self._goodbye()
         finally:
             connection.close()  # this thread's own connection
