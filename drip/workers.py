@@ -130,6 +130,9 @@ class WorkerPresence(bootsteps.StartStopStep):
     (the last step) and stops after it, when the broker already has its tasks back."""
 
     label = "drip presence"
+    # After the pool: prefork forks its children before this thread exists, so none of
+    # them inherits a lock the thread held at that instant (logging's, the database's).
+    requires = ("celery.worker.components:Pool",)
 
     # Celery's stubs type create() as returning None; StartStopStep keeps what it returns as
     # the object it starts and stops.
