@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings as django_settings
@@ -77,14 +77,15 @@ def _wait_for_holds(steps, count: int, holder: Worker | None) -> None:
         assert set(steps.values_list("held_by", flat=True)) == {holder.pk}
 
 
-def _report_and_check_timing(killed_at, holder: Worker) -> None:
+def _report_and_check_timing(killed_at: datetime, holder: Worker) -> None:
+    assert holder.failed_over_at is not None
     declared = (holder.failed_over_at - killed_at).total_seconds()
     for key in REMINDERS:
         steps = Step.objects.filter(key=key)
         assert all(s.status == Step.Status.DONE and s.attempts == 1 for s in steps)
         due = max(s.due_at for s in steps)
-        rearmed = max(s.enqueued_at for s in steps)
-        sent = max(m.sent_at for m in Message.objects.filter(step__key=key))
+        rearmed = max(s.enqueued_at or due for s in steps)
+        sent = max(m.sent_at or due for m in Message.objects.filter(step__key=key))
         print(f"\nfailover {key}: due {(due - killed_at).total_seconds():+.1f} s after the kill; "
               f"worker declared dead {declared:.1f} s, last (re-)enqueued {(rearmed - killed_at).total_seconds():+.1f} s, "
               f"last sent {(sent - killed_at).total_seconds():.1f} s after the kill ({(sent - due).total_seconds():+.2f} s vs due)")
