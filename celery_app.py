@@ -14,6 +14,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "drip.settings")
 app = Celery("drip")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["drip"])
+# Every worker heartbeats in the database and records which steps and messages it holds, so
+# the work of one that dies runs again within seconds (drip/workers.py, drip/failover.py).
+# Named, not imported: the worker loads it once Django is set up.
+app.steps["worker"].add("drip.workers:WorkerPresence")
 
 # One queue for the timer work and one per channel, so a backlog or an outage of one
 # provider never delays the other channel nor the steps (drip.publish picks the channel's
@@ -81,6 +85,12 @@ def _beat_schedule() -> dict:
             "task": "drip.tasks.reconcile",
             "schedule": settings.DRIP_RECONCILE_INTERVAL,
             "options": {"expire_seconds": int(settings.DRIP_RECONCILE_INTERVAL * 2)},
+        },
+        # Often, and cheap when every worker is alive (one query of the worker rows).
+        "drip-fail-over-dead-workers": {
+            "task": "drip.tasks.fail_over_dead_workers",
+            "schedule": settings.DRIP_FAILOVER_INTERVAL,
+            "options": {"expire_seconds": int(settings.DRIP_FAILOVER_INTERVAL * 2)},
         },
     }
 

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.conf import settings
 from django.db import models
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from .validation import normalize_phone, validate_phone, validate_timezone
@@ -155,6 +156,65 @@ class Registration(models.Model):
 EARLY_TOLERANCE = timedelta(seconds=1)
 
 
+class WorkerQuerySet(models.QuerySet["Worker"]):
+    """A worker's life, each change one UPDATE. Times are the database's clock (Now()), so
+    hosts whose clocks disagree never make a live worker look dead."""
+
+    def beat(self) -> int:
+        """Alive: seen now. One taken for dead (a stalled heartbeat) is back in the count."""
+        return self.update(seen_at=Now(), failed_over_at=None)
+
+    def stop(self) -> int:
+        """A clean shutdown: the broker got its unacknowledged tasks back (Redis restores them
+        when the consumer closes, RabbitMQ at once), so there is nothing to take over."""
+        return self.update(stopped_at=Now())
+
+    def dead(self, after: float) -> WorkerQuerySet:
+        """Silent for more than `after` seconds without saying goodbye, not yet taken over."""
+        return self.filter(
+            stopped_at__isnull=True, failed_over_at__isnull=True, seen_at__lt=Now() - timedelta(seconds=after)
+        )
+
+    def taken_over(self) -> int:
+        return self.filter(failed_over_at__isnull=True).update(failed_over_at=Now())
+
+    def forgotten(self, after: timedelta) -> WorkerQuerySet:
+        """Long gone: whatever their rows still say about them is stale."""
+        return self.filter(seen_at__lt=Now() - after)
+
+
+class Worker(models.Model):
+    """One run of a worker process (the one that talks to the broker), from start to exit:
+    a restart on the same host is a new row, so a new process never vouches for the tasks
+    its killed predecessor held. Its heartbeat (seen_at) is how failover tells it died."""
+
+    name = models.CharField(max_length=200, help_text="Celery's node name, e.g. celery@host")
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    # Declared dead and its work handed to the others (drip/failover.py).
+    failed_over_at = models.DateTimeField(null=True, blank=True)
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid}, started {self.started_at:%Y-%m-%d %H:%M:%S})"
+
+
+def held_by_field() -> models.ForeignKey:
+    """The worker whose consumer last received a task for the row (drip/workers.py). No
+    database constraint and no index: it is written on every received task, read only by
+    failover, among the few open rows; a pruned Worker leaves a stale id that nothing reads."""
+    return models.ForeignKey(
+        Worker, null=True, blank=True, editable=False, on_delete=models.DO_NOTHING, db_constraint=False,
+        db_index=False, related_name="+",
+    )
+
+
 class StepQuerySet(models.QuerySet["Step"]):
     """Every change of a step's status has a name here; each is one conditional UPDATE, so
     of two processes racing for a row exactly one wins, and the count says which."""
@@ -170,8 +230,14 @@ class StepQuerySet(models.QuerySet["Step"]):
         return self.filter(status=Step.Status.PENDING).update(status=Step.Status.ENQUEUED, enqueued_at=now, claim_token=token)
 
     def rearm(self, token: str, now: datetime) -> int:
-        """→ enqueued again, for work whose task was lost (the caller's filter says which)."""
-        return self.update(status=Step.Status.ENQUEUED, enqueued_at=now, claim_token=token)
+        """→ enqueued again, for work whose task was lost (the caller's filter says which).
+        Held by nobody until a worker receives the new task: a second failover run racing
+        this one no longer finds the row under the dead worker."""
+        return self.update(status=Step.Status.ENQUEUED, enqueued_at=now, claim_token=token, held_by=None)
+
+    def hold(self, worker_id: int) -> int:
+        """A worker received a task for these steps (an ETA task waits in its memory)."""
+        return self.filter(status__in=[Step.Status.ENQUEUED, Step.Status.RUNNING]).update(held_by=worker_id)
 
     def start_run(self, token: str, now: datetime, ready_until: datetime) -> int:
         """enqueued → running, for a step task; only steps due by `ready_until` (now, plus
@@ -244,6 +310,7 @@ class Step(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    held_by = held_by_field()
 
     objects = StepQuerySet.as_manager()
 
@@ -299,6 +366,25 @@ class MessageQuerySet(models.QuerySet["Message"]):
             status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now,
             attempts=F("attempts") - 1, lost_claims=F("lost_claims") + 1,
         )
+
+    def hold(self, worker_id: int) -> int:
+        """A worker received a send task for these (an ETA retry, or a batch about to run)."""
+        return self.unsent().exclude(claim_token=HELD).update(held_by=worker_id)
+
+    def take_back_from(self, workers: list[int], token: str, now: datetime) -> int:
+        """Held by a dead worker and not at a provider → queued under `token` (so this run
+        publishes exactly the rows it took) and held by nobody. One stuck before its call
+        counts a lost claim, not an attempt; a recorded provider call (sending_at) is never
+        taken: it may have reached the provider."""
+        mine = self.filter(held_by__in=workers)
+        stuck = mine.filter(status=Message.Status.SENDING, sending_at__isnull=True).update(
+            status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now, claim_token=token, held_by=None,
+            attempts=F("attempts") - 1, lost_claims=F("lost_claims") + 1,
+        )
+        waiting = mine.filter(status=Message.Status.QUEUED).exclude(claim_token=HELD).update(
+            claim_token=token, held_by=None, updated_at=now
+        )
+        return stuck + waiting
 
     def overdue_now(self, now: datetime) -> int:
         """Queued and past due: due now, with a fresh next_attempt_at so the reconciler's
@@ -452,6 +538,7 @@ class Message(models.Model):
     # in DeliveryReport only.
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)
+    held_by = held_by_field()
 
     objects = MessageQuerySet.as_manager()
 

@@ -183,6 +183,17 @@ if DRIP_SENDING_TIMEOUT <= DRIP_PROVIDER_TIMEOUT:
 DRIP_VERIFY_DELAY = env_float("DRIP_VERIFY_DELAY", 5.0, minimum=0)
 DRIP_VERIFY_NOT_FOUND_AFTER = env_float("DRIP_VERIFY_NOT_FOUND_AFTER", 45.0, minimum=0)
 DRIP_VERIFY_MAX_ATTEMPTS = int(env_float("DRIP_VERIFY_MAX_ATTEMPTS", 8, minimum=1))
+# Fast failover (drip/workers.py, drip/failover.py): every worker process writes a heartbeat
+# to the database every DRIP_WORKER_HEARTBEAT seconds and records which steps and messages it
+# holds; beat runs the failover every DRIP_FAILOVER_INTERVAL (whole) seconds, and a worker
+# silent for DRIP_WORKER_DEAD_AFTER seconds has its held work re-armed for the others at once,
+# instead of after the visibility timeout (Redis, 1 h) or DRIP_RECONCILE_GRACE.
+DRIP_WORKER_HEARTBEAT = env_float("DRIP_WORKER_HEARTBEAT", 2.0, minimum=0.1)
+DRIP_WORKER_DEAD_AFTER = env_float("DRIP_WORKER_DEAD_AFTER", 6.0, minimum=0.3)
+DRIP_FAILOVER_INTERVAL = env_float("DRIP_FAILOVER_INTERVAL", 2.0, minimum=1)
+if DRIP_WORKER_DEAD_AFTER < 2 * DRIP_WORKER_HEARTBEAT:
+    # One late heartbeat (a busy host, a slow commit) must not pass for a death.
+    raise ImproperlyConfigured("DRIP_WORKER_DEAD_AFTER must be at least twice DRIP_WORKER_HEARTBEAT.")
 # Work is handed to tasks in batches: the step task runs up to DRIP_STEP_BATCH steps due at
 # the same instant, the send task up to DRIP_SEND_BATCH messages (one claim, one load, one
 # consent read for all of them). A send batch that runs longer than DRIP_SEND_BATCH_SECONDS

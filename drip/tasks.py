@@ -10,7 +10,7 @@ from celery import shared_task
 from celery.signals import task_prerun
 from django.db import connections
 
-from . import publish, scheduler, sender, steps, verify
+from . import failover, publish, scheduler, sender, steps, verify
 from .console import jobs
 
 
@@ -64,3 +64,8 @@ def dispatch_due_steps() -> int:
 @shared_task(name="drip.tasks.reconcile")
 def reconcile() -> dict[str, int]:
     return scheduler.reconcile()
+
+
+@shared_task(name="drip.tasks.fail_over_dead_workers")
+def fail_over_dead_workers() -> dict[str, int]:
+    return failover.fail_over_dead_workers()

@@ -107,11 +107,11 @@ class Ticker:
     through the broker, to the worker."""
 
     def __init__(self, interval: float) -> None:
-        from drip.tasks import dispatch_due_steps, reconcile
+        from drip.tasks import dispatch_due_steps, fail_over_dead_workers, reconcile
 
         self.interval = interval
         self.stop = threading.Event()
-        self.tasks = (dispatch_due_steps, reconcile)
+        self.tasks = (dispatch_due_steps, reconcile, fail_over_dead_workers)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
