@@ -127,7 +127,7 @@ class Verdict:
         self.reasons: dict[str, Counter[str]] = {"failed": Counter(), "skipped": Counter(), "lost": Counter()}
         self.examples: dict[str, list[str]] = defaultdict(list)
         self.lateness: list[float] = []
-        self.late_examples: list[str] = []
+        self.lateness_by_step: dict[str, list[float]] = defaultdict(list)
 
     def example(self, kind: str, text: str) -> None:
         if len(self.examples[kind]) < EXAMPLES:
@@ -177,6 +177,7 @@ def _judge_delivered(triple: Triple, due: float, delivered: dict[str, list[dict[
     first = min(r["at"] for got in delivered.values() for r in got)
     late = first - due
     verdict.lateness.append(late)
+    verdict.lateness_by_step[f"{triple[1]}/{triple[2]}"].append(late)
     if late > LATE_SECONDS:
         verdict.counts["late"] += 1
         mid = next(iter(delivered))
@@ -201,10 +202,11 @@ def analyse(scale: float, regs: list[Registration], starts: dict[int, float], co
         step = steps.get((triple[0], triple[1]))
         step_due = step["due_at"].timestamp() if step else due  # the row's own due time, when it exists
         judge(triple, step_due, sorted(ids_by_triple.get(triple, []), key=int), messages, steps, receipts, verdict)
-    unexpected = [t for t in ids_by_triple if t not in expected]
+    unexpected = [mid for t, mids in ids_by_triple.items() if t not in expected for mid in mids]
     stray = [mid for mid in receipts if mid not in messages]
-    for triple in unexpected[:EXAMPLES]:
-        verdict.example("unexpected Message rows", f"{triple}: " + ", ".join(messages[m]["status"] for m in ids_by_triple[triple]))
+    for mid in unexpected:
+        if messages[mid]["status"] != "skipped":  # a row for a channel without consent must stop at its check
+            verdict.example("unexpected Message rows, not skipped", story(mid, messages[mid], receipts.get(mid, [])))
     return {"figures": _figures(expected, too_late, messages, receipts, unexpected, stray, verdict),
             "reasons": {k: dict(v.most_common()) for k, v in verdict.reasons.items()},
             "examples": dict(verdict.examples)}
@@ -225,7 +227,10 @@ def _figures(expected: dict[Triple, float], too_late: list[Triple], messages: di
         "late_over_10s": verdict.counts["late"],
         "lateness_s": {"p50": _pct(lateness, 50), "p99": _pct(lateness, 99), "max": round(lateness[-1], 2) if lateness else None},
         "other_counts": {k: v for k, v in verdict.counts.items() if k.startswith(("duplicated (", "delivered, yet"))},
-        "unexpected_message_rows": len(unexpected), "stub_receipts_without_a_row": len(stray),
+        "lateness_by_step_p50_p99": {k: (_pct(sorted(v), 50), _pct(sorted(v), 99)) for k, v in sorted(verdict.lateness_by_step.items())},
+        # Rows for a channel the contact gave no consent to: each must end skipped, never reach the stub.
+        "unplanned_message_rows": dict(Counter(f"{messages[m]['status']}: {reason_group(messages[m]['error'])}" for m in unexpected)),
+        "stub_receipts_without_a_row": len(stray),
     }
 
 
@@ -244,7 +249,7 @@ def print_report(result: dict[str, Any]) -> None:
         detail = {k: v for k, v in fault.items() if k not in ("at", "t", "fault")}
         print(f"  {clock(fault['at'])} (+{fault['t']}s) {fault['fault']} {detail if detail else ''}")
     for key in ("expected", "delivered", "lost", "duplicated", "failed", "skipped", "late_over_10s", "lateness_s",
-                "not_planned_enrolled_after_due", "unexpected_message_rows", "stub_receipts_without_a_row",
+                "lateness_by_step_p50_p99", "not_planned_enrolled_after_due", "unplanned_message_rows", "stub_receipts_without_a_row",
                 "message_rows_by_status", "stub_requests", "other_counts"):
         print(f"  {key:32} {f[key]}")
     for kind, reasons in result["reasons"].items():
