@@ -213,7 +213,7 @@ def analyse(scale: float, regs: list[Registration], starts: dict[int, float], co
 
 
 def _figures(expected: dict[Triple, float], too_late: list[Triple], messages: dict[str, dict[str, Any]],
-             receipts: dict[str, list[dict[str, Any]]], unexpected: list[Triple], stray: list[str], verdict: Verdict) -> dict[str, Any]:
+             receipts: dict[str, list[dict[str, Any]]], unexpected: list[str], stray: list[str], verdict: Verdict) -> dict[str, Any]:
     lateness = sorted(verdict.lateness)
     outcomes = Counter(r["outcome"] for got in receipts.values() for r in got)
     by_key = Counter(t[1] + "/" + t[2] for t in expected)
