@@ -412,11 +412,12 @@ def run(plan: Plan) -> dict[str, Any]:
         starts, completions = drive_funnels(api, plan, regs, chaos)
         settled = settle(plan, fleet)
         say(f"settled in {settled['seconds']} s, open: {settled['left_open']}")
-        figures = analyse(plan.scale, regs, starts, completions, receipts)
     finally:
         chaos.stop_event.set()
         fleet.stop_all()
         stop_stub(stub)
+    # Only once nothing runs: rows and receipts read while sends were in flight would disagree.
+    figures = analyse(plan.scale, regs, starts, completions, receipts)
     return {
         "broker": plan.broker, "date": datetime.now(UTC).isoformat(timespec="seconds"), "plan": plan.__dict__,
         "settle": settled, "faults": chaos.log, "processes": fleet.summary(),
