@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-amqp lint bench clean
+.PHONY: install run test test-amqp lint bench soak clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ lint: install
 
 bench: install
 	@bash scripts/bench.sh
+
+# The chaos soak (bench/README.md, "Chaos soak"): about 10 minutes per broker. SOAK_BROKER=redis|amqp|both
+# (default both), SOAK_REGISTRATIONS (20000), SOAK_SECONDS (480), SOAK_SEED; SOAK_SHORT=1 for
+# 2,000 registrations in about 3 minutes, to work on it.
+soak: install
+	@bash scripts/soak.sh
 
 clean:
 	rm -rf $(VENV) .run staticfiles
