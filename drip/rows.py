@@ -36,7 +36,7 @@ def _unnest_insert(model: type[models.Model], rows: Sequence[Row], now: datetime
     for field in model._meta.concrete_fields:
         if field.primary_key:
             continue
-        columns.append(quote(field.column))
+        columns.append(quote(str(field.column)))
         if field.attname in given:
             # Values go to psycopg as they are: what these models hold (str, bool, int, aware
             # datetime, None) needs no preparing by the field.
@@ -50,7 +50,7 @@ def _unnest_insert(model: type[models.Model], rows: Sequence[Row], now: datetime
     sql = (
         f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(columns)}) "
         f"SELECT {', '.join(selected)} FROM unnest({', '.join(a[0] for a in arrays)}) WITH ORDINALITY AS u({names}, n) "
-        f"ORDER BY u.n RETURNING {quote(model._meta.pk.column)}"
+        f"ORDER BY u.n RETURNING {quote(str(model._meta.pk.column))}"
     )
     # The constants come first in the statement's text (SELECT list), the arrays after.
     params = [*constants, *(a[1] for a in arrays)]

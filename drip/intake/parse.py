@@ -57,7 +57,7 @@ def parse_events(payload: Any) -> list[ParsedEvent]:
 
 # A list is validated by one call per event name (a list adapter) rather than two per item.
 _ENVELOPES = TypeAdapter(list[Envelope])
-_DATA: dict[str, TypeAdapter[list[Any]]] = {name: TypeAdapter(list[model]) for name, model in EVENTS.items()}
+_DATA: dict[str, TypeAdapter[list[Any]]] = {name: TypeAdapter(list[model]) for name, model in EVENTS.items()}  # type: ignore[valid-type]
 
 
 def _parse_list(payload: list[Any]) -> list[ParsedEvent]:
