@@ -189,9 +189,11 @@ def measure_reminders(producer: Producer, stub, n: int, lead: float, timeout: fl
 
 def stages(due: datetime, steps, messages) -> dict[str, Any]:
     """Where a reminder's lateness goes, from the rows' own timestamps, as seconds after the
-    due time (p50 / p99 / max over the rows): the step task starts (ETA timer and the steps
-    queue), its batch is done (claim, load, messages created), a send batch claims the
-    message (the messages queue, prefetch, the batches before it), the provider answered."""
+    due time (first / p50 / p99 / max over the rows): the step batch claims its steps (ETA
+    timer, the steps queue; run_steps stamps started_at and finished_at with one clock
+    reading), its messages are inserted (load, checks, rendering of nothing yet: created_at),
+    the send loop records "sending" right before the provider call (the messages queue,
+    prefetch, the batches and messages before it), the provider answered (sent_at)."""
     def spread(values: list[float]) -> dict[str, float] | None:
         if not values:
             return None
@@ -211,10 +213,9 @@ def stages(due: datetime, steps, messages) -> dict[str, Any]:
         "steps": len(step_rows), "messages": len(message_rows),
         "step_claimed_by_dispatcher": spread(column(step_rows, 0)),
         "step_task_started": spread(column(step_rows, 1)),
-        "step_task_done": spread(column(step_rows, 2)),
         "message_created": spread(column(message_rows, 0)),
-        "send_batch_claimed": spread(column(message_rows, 1)),
+        "provider_call_started": spread(column(message_rows, 1)),
         "sent": spread(column(message_rows, 2)),
-        "created_to_send_claim": spread(waits),
-        "send_claim_to_sent": spread(sends),
+        "created_to_provider_call": spread(waits),
+        "provider_call": spread(sends),
     }

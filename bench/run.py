@@ -763,7 +763,7 @@ def main() -> int:
 
         port = free_port()
         web_process = web(worker_env, port)
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+        wait_http(f"http://127.0.0.1:{port}/api/events/schema")
         say(f"web up (gunicorn pid {web_process.pid}, workers {web_process.pool_pids()})")
         results["api"] = measure_from_requests(stub, worker, web_process, f"http://127.0.0.1:{port}", sizes)
         web_process.stop()
