@@ -29,6 +29,7 @@ from bench.worker import CpuMeter, Ticker, Worker, wait_http, web
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
 STARTED = time.monotonic()
+LOAD_AT_START = producer.loadavg()  # other work on the machine moves every figure
 # make bench must finish in 10 minutes; every wait below is cut to what is left of this.
 BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "540"))
 
@@ -661,7 +662,7 @@ def machine() -> dict:
     }
 
 
-def update_readme(text: str, when: str, seconds: float) -> None:
+def update_readme(text: str, when: str, seconds: float, load: str = "") -> None:
     """Both READMEs carry the latest table: replace the block between their markers."""
     for readme in (HERE / "README.md", HERE.parent / "README.md"):
         content = readme.read_text()
@@ -670,7 +671,7 @@ def update_readme(text: str, when: str, seconds: float) -> None:
         if start < 0 or end < 0:
             continue
         head = content.index("\n", start) + 1
-        block = f"```\n{text}\n```\n(`make bench`, {when}, {seconds:.0f} s)\n"
+        block = f"```\n{text}\n```\n(`make bench`, {when}, {seconds:.0f} s{load})\n"
         readme.write_text(content[:head] + block + content[end:])
 
 
@@ -806,10 +807,12 @@ def main() -> int:
     stub.close()
     world.wipe()
     results["duration_seconds"] = round(time.monotonic() - STARTED, 1)
+    results["loadavg"] = {"start": LOAD_AT_START, "end": producer.loadavg()}
     results["table"] = table(results).splitlines()
     write_results(results)
     if not args.quick:
-        update_readme(table(results), results["generated_at"], results["duration_seconds"])
+        load = f"; load average {LOAD_AT_START} at the start, {results['loadavg']['end']} at the end (2 cores)"
+        update_readme(table(results), results["generated_at"], results["duration_seconds"], load)
     print(table(results))
     print(f"\nwrote {RESULTS.relative_to(HERE.parent)} in {results['duration_seconds']} s", flush=True)
     return 0
