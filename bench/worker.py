@@ -23,12 +23,12 @@ SENDER_ARGS = ["worker", "--queues", "email,sms,messages", "--pool", "threads", 
 
 
 class Worker:
-    def __init__(self, name: str, env: dict[str, str], args: list[str] = WORKER_ARGS) -> None:
+    def __init__(self, name: str, env: dict[str, str], args: list[str] = WORKER_ARGS, command: list[str] | None = None) -> None:
         LOG_DIR.mkdir(exist_ok=True)
         self.log_path = LOG_DIR / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bench.celery_bench", *args],
+            command or [sys.executable, "-m", "celery", "-A", "bench.celery_bench", *args],
             cwd=ROOT, env=env, start_new_session=True, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -69,6 +69,26 @@ class Worker:
                 pass
             self.process.wait(5)
         self._log.close()
+
+
+def web(env: dict[str, str], port: int) -> Worker:
+    """The Procfile's `web` line as it is (gunicorn, 2 sync workers, access log), on `port`."""
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    command = [gunicorn, "drip.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--access-logfile", "-"]
+    return Worker("web", env, command=command)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=5)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered at {url} within {timeout}s")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections import Counter
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -73,7 +74,9 @@ def events(request: HttpRequest) -> JsonResponse:
         response = error(503, "the database is busy or unavailable; nothing was written, retry shortly")
         response["Retry-After"] = "1"
         return response
-    log.info("event API accepted %d event(s): %s", result["accepted"], ", ".join(r["name"] for r in result["results"]))
+    # Counted by name: a list of 1,000 named one by one made a 15 kB line per request.
+    names = Counter(r["name"] for r in result["results"])
+    log.info("event API accepted %d event(s): %s", result["accepted"], ", ".join(f"{n} x{c}" if c > 1 else n for n, c in names.items()))
     return JsonResponse(result, status=202)
 
 

@@ -33,6 +33,7 @@ from .errors import FieldError, shown
 from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
 from .planning import enrollment_steps, step_insert_select
 from .publish import batches
+from .rows import insert_rows
 from .scheduler import claim_soon, horizon, schedule_steps
 
 log = logging.getLogger("drip.bulk")
@@ -108,7 +109,8 @@ class _Pending:
     contact_changes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     events: list[Event] = field(default_factory=list)
     event_changes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    consents: list[ConsentRecord] = field(default_factory=list)
+    # (contact external id, channel, granted, when): rows, not instances (drip.rows).
+    consents: list[tuple[str, str, bool, datetime]] = field(default_factory=list)
     revoked: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     registrations: list[tuple[_Registration, Enrolled]] = field(default_factory=list)
 
@@ -229,11 +231,8 @@ class _Run:
                     )
                     refused[channel] = f"suppressed by the {source} ({detail})"
                     continue
-            record = ConsentRecord(
-                contact=self.contacts[d.contact_id], channel=channel, granted=wanted, source=SOURCE, detail=DETAIL
-            )
             self.latest[(d.contact_id, channel)] = (wanted, SOURCE, DETAIL)
-            self.pending.consents.append(record)
+            self.pending.consents.append((d.contact_id, channel, wanted, timezone.now()))
             if not wanted:
                 self.pending.revoked[channel].add(d.contact_id)
         consent: dict[str, bool] = {}
@@ -311,7 +310,7 @@ class _Run:
         if not pending:
             return
         now = timezone.now()
-        Contact.objects.bulk_create(pending.contacts)
+        self._insert_contacts(pending.contacts, now)
         for fields, contacts in _grouped(pending.contact_changes, self.contacts).items():
             for contact in contacts:
                 contact.updated_at = now
@@ -320,24 +319,38 @@ class _Run:
         Event.objects.bulk_create(pending.events)
         for fields, events in _grouped(pending.event_changes, self.events).items():
             Event.objects.bulk_update(events, sorted(fields))
-        ConsentRecord.objects.bulk_create(pending.consents)
+        insert_rows(ConsentRecord, [
+            {"contact_id": self.contacts[c].pk, "channel": channel, "granted": granted, "source": SOURCE,
+             "detail": DETAIL, "created_at": at}
+            for c, channel, granted, at in pending.consents
+        ], now)
         for channel, revoked in pending.revoked.items():
             # At once, not at each message's send-time check: a send batch may hold them.
             ids = [self.contacts[c].pk for c in revoked]
             Message.objects.filter(contact_id__in=ids, channel=channel).withdraw(no_consent_reason(channel))
         self._plan(pending.registrations, now)
 
+    def _insert_contacts(self, contacts: list[Contact], now: datetime) -> None:
+        names = ["external_id", *CONTACT_FIELDS]
+        rows = [{name: getattr(contact, name) for name in names} for contact in contacts]
+        for contact, pk in zip(contacts, insert_rows(Contact, rows, now), strict=True):
+            contact.pk = pk
+            contact._state.adding, contact._state.db = False, connection.alias
+
     def _plan(self, created: list[tuple[_Registration, Enrolled]], now: datetime) -> None:
-        rows = [
-            Registration(external_id=r.external_id, contact=self.contacts[r.contact], event=self.events[r.event])
+        pks = insert_rows(Registration, [
+            {"external_id": r.external_id, "contact_id": self.contacts[r.contact].pk, "event_id": self.events[r.event].pk}
             for r, _ in created
-        ]
-        Registration.objects.bulk_create(rows)
-        for row, (registration, _) in zip(rows, created, strict=True):
-            registration.pk = row.pk
+        ], now)
+        for pk, (registration, _) in zip(pks, created, strict=True):
+            registration.pk = pk
         if connection.features.can_return_rows_from_bulk_insert:
-            planned = _insert_steps(rows, now)
+            planned = _insert_steps([(pk, self.events[r.event]) for pk, (r, _) in zip(pks, created, strict=True)], now)
         else:  # an old SQLite: the steps as objects, through the scheduler
+            rows = [
+                Registration(pk=r.pk, external_id=r.external_id, contact=self.contacts[r.contact], event=self.events[r.event])
+                for r, _ in created
+            ]
             steps = [s for row in rows for s in enrollment_steps(row, now)]
             planned = {s.registration_id: 0 for s in steps}
             for step in schedule_steps(steps) if steps else []:
@@ -345,24 +358,27 @@ class _Run:
         for registration, outcome in created:
             assert registration.pk is not None
             outcome.steps_planned = planned.get(registration.pk, 0)
-        if rows:
-            log.info("bulk enrollment: %d registrations created, %d steps open", len(rows), sum(planned.values()))
+        if pks:
+            log.info("bulk enrollment: %d registrations created, %d steps open", len(pks), sum(planned.values()))
 
 
-def _insert_steps(registrations: list[Registration], now: datetime) -> dict[int, int]:
+def _insert_steps(registrations: list[tuple[int, Event]], now: datetime) -> dict[int, int]:
     """Every new registration of an event gets the same steps but for its id: the steps of
     one registration per event are built by drip.planning (the rules in one place), then one
     INSERT ... SELECT per step writes it for all of them (as drip.completion does for the
     post-event funnel), and the steps already due (the welcome) are claimed in batches.
     Returns the open steps planned per registration."""
-    by_event: dict[int, list[Registration]] = defaultdict(list)
-    for registration in registrations:
-        by_event[registration.event_id].append(registration)
+    by_event: dict[int, list[int]] = defaultdict(list)
+    events: dict[int, Event] = {}
+    for pk, event in registrations:
+        by_event[event.pk].append(pk)
+        events[event.pk] = event
     planned: dict[int, int] = defaultdict(int)
     soon: list[int] = []
-    for group in by_event.values():
-        ids = [r.pk for r in group]
-        for template in enrollment_steps(group[0], now):
+    for event_pk, ids in by_event.items():
+        # One registration's plan is every new one's (they are all active, attendance unknown).
+        first = Registration(pk=ids[0], event=events[event_pk])
+        for template in enrollment_steps(first, now):
             inserted = _insert_for(template, ids, now)
             if template.status in Step.OPEN:
                 for registration_id in ids:
@@ -376,6 +392,10 @@ def _insert_steps(registrations: list[Registration], now: datetime) -> dict[int,
 def _insert_for(template: Step, registration_ids: list[int], now: datetime) -> list[int]:
     """The template step, for each of these registrations, in batches; their ids."""
     insert, params = step_insert_select(template, now)
+    if connection.vendor == "postgresql":  # the ids as one array parameter, not one each
+        with connection.cursor() as cursor:
+            cursor.execute(insert + "WHERE r.id = ANY(%s) ORDER BY r.id RETURNING id", [*params, registration_ids])
+            return [row[0] for row in cursor.fetchall()]
     sql = (
         insert +
         "WHERE r.id IN ({ids}) ORDER BY r.id RETURNING id"

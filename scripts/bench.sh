@@ -13,7 +13,8 @@ redis_up throwaway
 export BENCH_REDIS_OWNED=1
 
 BENCH_PG_ADMIN_URL="${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-BENCH_DB_NAME=drip_bench
+# Another name when two checkouts run it on one server at once.
+BENCH_DB_NAME="${BENCH_DB_NAME:-drip_bench}"
 pg_admin() {
     .venv/bin/python - "$BENCH_PG_ADMIN_URL" "$1" "$BENCH_DB_NAME" <<'PY'
 import sys, psycopg

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -147,6 +148,7 @@ def _zone(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=256)  # a list's items often share it (the event's join URL)
 def _url(value: str) -> str:
     if not value:  # "" clears the URL
         return value
@@ -157,6 +159,7 @@ def _url(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=256)  # a list's items often share it (the event's start)
 def _utc_moment(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.strip())
