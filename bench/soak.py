@@ -474,7 +474,8 @@ def main() -> None:
     save(result)
     print_report(result)
     figures = result["figures"]
-    sys.exit(1 if figures["lost"] or figures["duplicated"] else 0)
+    # A run that did not settle proves nothing about the rest: it fails too, saying so.
+    sys.exit(1 if figures["lost"] or figures["duplicated"] or figures["unfinished"] else 0)
 
 
 if __name__ == "__main__":

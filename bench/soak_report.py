@@ -9,7 +9,10 @@ triple ends as exactly one of:
   failed      not delivered, and its Message row says failed, with the reason;
   skipped     not delivered, and its Message or Step row says skipped/cancelled, with the reason
               (a reminder still unsent at the event's start expires: nothing arrives after it);
-  lost        none of these: no row at all, a row stuck open, or a row that says sent
+  unfinished  not delivered yet, and its row is still on its way (a step or message open,
+              queued or sending) when the soak stopped: a backlog, not a loss (the run did
+              not settle in time);
+  lost        none of these: no row at all where its step is done, or a row that says sent
               although the stub never had it.
 Duplicated: a triple the stub accepted more than once (one Message id twice, or two ids).
 """
@@ -27,6 +30,8 @@ H, D = timedelta(hours=1), timedelta(days=1)
 LATE_SECONDS = 10.0
 EXAMPLES = 5
 DELIVERED_OUTCOMES = ("accepted", "dropped")
+OPEN_MESSAGE = ("queued", "sending")  # still on its way when the soak stopped
+OPEN_STEP = ("pending", "enqueued", "running")
 PRE = (("welcome", None, ("email",)), ("reminder_24h", -24 * H, ("email", "sms")), ("reminder_1h", -1 * H, ("email", "sms")))
 ATTENDED = (("thank_you", H, ("email",)), ("resources", 24 * H, ("email",)), ("nurture", 3 * D, ("email",)))
 NO_SHOW = (("sorry_missed", H, ("email",)), ("reengagement", 24 * H, ("email", "sms")), ("final_followup", 7 * D, ("email",)))
@@ -124,7 +129,7 @@ def story(mid: str, row: dict[str, Any] | None, receipts: list[dict[str, Any]]) 
 class Verdict:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
-        self.reasons: dict[str, Counter[str]] = {"failed": Counter(), "skipped": Counter(), "lost": Counter()}
+        self.reasons: dict[str, Counter[str]] = {"failed": Counter(), "skipped": Counter(), "unfinished": Counter(), "lost": Counter()}
         self.examples: dict[str, list[str]] = defaultdict(list)
         self.lateness: list[float] = []
         self.lateness_by_step: dict[str, list[float]] = defaultdict(list)
@@ -159,10 +164,12 @@ def judge(triple: Triple, due: float, ids: list[str], messages: dict[str, dict[s
         return
     if rows:
         mid = ids[0]
-        verdict.outcome("lost", f"row {rows[0]['status']} but the stub never accepted it", story(mid, rows[0], receipts.get(mid, [])))
+        kind = "unfinished" if rows[0]["status"] in OPEN_MESSAGE else "lost"
+        verdict.outcome(kind, f"row {rows[0]['status']} but the stub never accepted it", story(mid, rows[0], receipts.get(mid, [])))
     else:
         state = f"step {step['status']} (attempts {step['attempts']}, reason {step['reason']!r})" if step else "no Step row"
-        verdict.outcome("lost", f"no Message row; {state.split(' (')[0]}", f"{triple}: no Message row; {state}")
+        kind = "unfinished" if step is not None and step["status"] in OPEN_STEP else "lost"
+        verdict.outcome(kind, f"no Message row; {state.split(' (')[0]}", f"{triple}: no Message row; {state}")
 
 
 def _judge_delivered(triple: Triple, due: float, delivered: dict[str, list[dict[str, Any]]],
@@ -222,7 +229,8 @@ def _figures(expected: dict[Triple, float], too_late: list[Triple], messages: di
         "not_planned_enrolled_after_due": len(too_late),
         "message_rows": len(messages), "message_rows_by_status": dict(Counter(m["status"] for m in messages.values())),
         "stub_requests": dict(outcomes),
-        "delivered": verdict.counts["delivered"], "lost": verdict.counts["lost"], "duplicated": verdict.counts["duplicated"],
+        "delivered": verdict.counts["delivered"], "unfinished": verdict.counts["unfinished"], "lost": verdict.counts["lost"],
+        "duplicated": verdict.counts["duplicated"],
         "failed": verdict.counts["failed"], "skipped": verdict.counts["skipped"],
         "late_over_10s": verdict.counts["late"],
         "lateness_s": {"p50": _pct(lateness, 50), "p99": _pct(lateness, 99), "max": round(lateness[-1], 2) if lateness else None},
@@ -248,7 +256,7 @@ def print_report(result: dict[str, Any]) -> None:
     for fault in result["faults"]:
         detail = {k: v for k, v in fault.items() if k not in ("at", "t", "fault")}
         print(f"  {clock(fault['at'])} (+{fault['t']}s) {fault['fault']} {detail if detail else ''}")
-    for key in ("expected", "delivered", "lost", "duplicated", "failed", "skipped", "late_over_10s", "lateness_s",
+    for key in ("expected", "delivered", "unfinished", "lost", "duplicated", "failed", "skipped", "late_over_10s", "lateness_s",
                 "lateness_by_step_p50_p99", "not_planned_enrolled_after_due", "unplanned_message_rows", "stub_receipts_without_a_row",
                 "message_rows_by_status", "stub_requests", "other_counts"):
         print(f"  {key:32} {f[key]}")

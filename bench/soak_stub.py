@@ -22,14 +22,11 @@ import uuid
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.stubs import serve_provider_api
+from bench.stub import Receipt
+from tests.stubs import DROP, POOL_NUMBER, postmark_search, serve_provider_api, twilio_list
 
-HANG_SECONDS = 35.0  # the email and SMS clients give up after 30 s (drip.channels.PROVIDER_TIMEOUT)
+HANG_SECONDS = 35.0  # the email and SMS clients give up after 30 s (DRIP_PROVIDER_TIMEOUT)
 ACCEPTED, REFUSED, HUNG, DROPPED = "accepted", "503", "hung", "dropped"
-
-
-class DropConnection(Exception):
-    """Raised from a handler: the server closes the socket without answering."""
 
 
 class SoakStub:
@@ -38,6 +35,9 @@ class SoakStub:
         self._lock = threading.Lock()
         self._fault = ""
         self._fault_until = 0.0
+        # What the provider accepted (a dropped answer included): the lookups answer from it,
+        # as Postmark's outbound search and Twilio's Messages list would.
+        self._accepted: list[Receipt] = []
         self.server, self.url = serve_provider_api(self, "soak-stub")
         # A dropped connection is on purpose: no traceback on stderr for each one.
         self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
@@ -56,48 +56,77 @@ class SoakStub:
             self._receipts.write(line + "\n")
             self._receipts.flush()
 
-    def _handle(self, kind: str, message_id: str, to: str) -> bool:
-        """Applies the current fault; True when the message is accepted and answered."""
-        at = time.time()
+    def _handle(self, kind: str, message_id: str, accepted: Receipt) -> str:
+        """Applies the current fault: ACCEPTED (kept and answered), DROPPED (kept, the
+        connection closed unanswered), or REFUSED / HUNG (nothing kept, a 503)."""
         fault = self._current_fault()
         if fault == "hang":
             time.sleep(HANG_SECONDS)
-            self._record(kind, message_id, to, HUNG, at)
-            return False
+            self._record(kind, message_id, accepted.to, HUNG, accepted.at)
+            return HUNG
         if fault == "503":
-            self._record(kind, message_id, to, REFUSED, at)
-            return False
-        if fault == "drop":
-            self._record(kind, message_id, to, DROPPED, at)
-            raise DropConnection(message_id)
-        self._record(kind, message_id, to, ACCEPTED, at)
-        return True
+            self._record(kind, message_id, accepted.to, REFUSED, accepted.at)
+            return REFUSED
+        outcome = DROPPED if fault == "drop" else ACCEPTED
+        with self._lock:
+            self._accepted.append(accepted)
+        self._record(kind, message_id, accepted.to, outcome, accepted.at)
+        return outcome
 
     # --- the provider routes (called by serve_provider_api) ------------------------------
-    def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        data = json.loads(raw)
-        headers = {h.get("Name"): h.get("Value") for h in data.get("Headers") or []}
-        message_id = str(headers.get("X-Drip-Message-Id") or (data.get("Metadata") or {}).get("drip_message_id") or "")
-        if not self._handle("email", message_id, data.get("To", "")):
-            return 503, {"ErrorCode": 500, "Message": "soak stub: unavailable"}
-        return 200, {"To": data.get("To"), "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": str(uuid.uuid4()),
-                     "ErrorCode": 0, "Message": "OK"}
+    def _postmark(self, raw: bytes) -> tuple[int, Any]:
+        return self._email(json.loads(raw))
 
-    def _postmark_batch(self, raw: bytes) -> tuple[int, list[dict[str, Any]]]:
-        """`/email/batch`, should serve_provider_api route it here: each message on its own."""
-        answers = [self._postmark(json.dumps(one).encode()) for one in json.loads(raw)]
-        if any(status != 200 for status, _ in answers):
-            return 503, [body for _, body in answers]
+    def _email(self, data: dict[str, Any]) -> tuple[int, Any]:
+        headers = {h.get("Name"): h.get("Value") for h in data.get("Headers") or []}
+        metadata = data.get("Metadata") or {}
+        message_id = str(headers.get("X-Drip-Message-Id") or metadata.get("drip_message_id") or "")
+        receipt = Receipt("email", data.get("To", ""), time.time(), str(uuid.uuid4()), metadata)
+        outcome = self._handle("email", message_id, receipt)
+        if outcome in (REFUSED, HUNG):
+            return 503, {"ErrorCode": 500, "Message": "soak stub: unavailable"}
+        answer = {"To": receipt.to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": receipt.provider_id,
+                  "ErrorCode": 0, "Message": "OK"}
+        return (DROP if outcome == DROPPED else 200), answer
+
+    def _postmark_batch(self, raw: bytes) -> tuple[int, Any]:
+        """`/email/batch`: each message meets the fault on its own; the request is answered
+        only when every one of them was accepted (a fault applies to the whole request)."""
+        answers = [self._email(one) for one in json.loads(raw)]
+        statuses = {status for status, _ in answers}
+        if DROP in statuses:
+            return DROP, {}
+        if statuses != {200}:
+            return 503, {"ErrorCode": 500, "Message": "soak stub: unavailable"}
         return 200, [body for _, body in answers]
 
-    def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+    def _twilio(self, raw: bytes) -> tuple[int, Any]:
         form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         callback = parse_qs(urlsplit(form.get("StatusCallback", "")).query)
         message_id = (callback.get("m") or [""])[0]
-        if not self._handle("sms", message_id, form.get("To", "")):
+        service = form.get("MessagingServiceSid", "")
+        sender = form.get("From") or (POOL_NUMBER if service else "")
+        receipt = Receipt("sms", form.get("To", ""), time.time(), "SM" + uuid.uuid4().hex, {}, sender, service, form.get("Body", ""))
+        outcome = self._handle("sms", message_id, receipt)
+        if outcome in (REFUSED, HUNG):
             return 503, {"code": 20503, "message": "soak stub: unavailable", "status": 503}
-        return 201, {"sid": "SM" + uuid.uuid4().hex, "status": "queued", "to": form.get("To"), "from": form.get("From"),
-                     "body": form.get("Body"), "account_sid": "ACsoak", "num_segments": "1", "direction": "outbound-api"}
+        answer = {"sid": receipt.provider_id, "status": "queued", "to": receipt.to, "from": sender, "body": receipt.body,
+                  "account_sid": "ACsoak", "num_segments": "1", "direction": "outbound-api"}
+        return (DROP if outcome == DROPPED else 201), answer
+
+    # --- the lookups (Drip's "verifying": did the provider accept it?) --------------------
+    def _accepted_so_far(self) -> list[Receipt]:
+        with self._lock:
+            return list(self._accepted)
+
+    def _postmark_search(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        return postmark_search(self._accepted_so_far(), params)
+
+    def _twilio_list(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        return twilio_list(self._accepted_so_far(), path, params)
+
+    def _drops_unread(self, path: str) -> bool:
+        return False  # the soak's faults apply after the request is read
 
 
 def main() -> None:
