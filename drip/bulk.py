@@ -327,7 +327,7 @@ class _Run:
         for channel, revoked in pending.revoked.items():
             # At once, not at each message's send-time check: a send batch may hold them.
             ids = [self.contacts[c].pk for c in revoked]
-            Message.objects.filter(contact_id__in=ids, channel=channel).withdraw(no_consent_reason(channel))
+            Message.objects.filter(contact_id__in=ids, channel=channel).withdraw_for_revocation(no_consent_reason(channel), now)
         self._plan(pending.registrations, now)
 
     def _insert_contacts(self, contacts: list[Contact], now: datetime) -> None:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.utils import timezone
+
 from .models import Channel, ConsentRecord, Contact, Message
 
 log = logging.getLogger("drip.consent")
@@ -129,7 +131,7 @@ def record_consent(
     )
     if not granted:
         # At once, not at each message's send-time check: a send batch may hold them.
-        Message.objects.filter(contact=contact, channel=channel).withdraw(no_consent_reason(channel))
+        Message.objects.filter(contact=contact, channel=channel).withdraw_for_revocation(no_consent_reason(channel), timezone.now())
     return ConsentChange(Outcome.RECORDED, record)
 
 

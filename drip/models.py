@@ -342,6 +342,14 @@ class MessageQuerySet(models.QuerySet["Message"]):
         recorded goes on (it may be at the provider already)."""
         return self.unsent().update(status=Message.Status.SKIPPED, error=reason, updated_at=timezone.now())
 
+    def withdraw_for_revocation(self, reason: str, now: datetime) -> int:
+        """A revoked consent: withdraw what a sender may be about to send (due now, or
+        claimed). A message waiting for a later time (prepared ahead of its step's due time,
+        a retry's backoff) is left to the sender's consent check at that time, so a consent
+        given back meanwhile (STOP, then START) still counts."""
+        later = models.Q(status=Message.Status.QUEUED, next_attempt_at__gt=now + EARLY_TOLERANCE)
+        return self.exclude(later).withdraw(reason)
+
     def claim(self, token: str, now: datetime) -> int:
         """queued → sending, for a send task; not before the next attempt is due (a
         duplicate of an earlier attempt's task must not jump a retry's backoff)."""

@@ -23,7 +23,10 @@ from tests.helpers import QUEUES, Ticker, assert_each_sent_once, flush_broker, s
 
 # 1 h of funnel time is 1 s. The reconciler's grace stays at its default (120 s): what
 # recovers the dead worker's tasks here is failover, nothing else.
-KNOBS = {"DRIP_TIME_SCALE": 3600, "DRIP_RECONCILE_GRACE": 120, "DRIP_WORKER_HEARTBEAT": 2, "DRIP_WORKER_DEAD_AFTER": 6}
+# No step lead: the reminders' step tasks wait as ETA tasks in the worker that is killed
+# (with a lead they would be prepared at once, and their send tasks held instead).
+KNOBS = {"DRIP_TIME_SCALE": 3600, "DRIP_RECONCILE_GRACE": 120, "DRIP_WORKER_HEARTBEAT": 2, "DRIP_WORKER_DEAD_AFTER": 6,
+         "DRIP_STEP_LEAD": 0}
 FAILOVER_BOUND = 10.0  # seconds after the kill (or after the due time, if later)
 REMINDERS = ("reminder_24h", "reminder_1h")
 

@@ -129,7 +129,9 @@ def test_the_beat_schedule_is_registered_in_code_and_reaches_the_database_schedu
 
     from celery_app import app
 
-    assert {e["task"] for e in app.conf.beat_schedule.values()} == {"drip.tasks.dispatch_due_steps", "drip.tasks.reconcile"}
+    assert {e["task"] for e in app.conf.beat_schedule.values()} == {
+        "drip.tasks.dispatch_due_steps", "drip.tasks.reconcile", "drip.tasks.fail_over_dead_workers",
+    }
     DatabaseScheduler(app=app)
     assert set(PeriodicTask.objects.values_list("task", flat=True)) >= {"drip.tasks.dispatch_due_steps", "drip.tasks.reconcile"}
 
