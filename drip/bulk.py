@@ -34,7 +34,7 @@ from .models import Channel, ConsentRecord, Contact, Event, Message, Registratio
 from .planning import enrollment_steps, step_insert_select
 from .publish import batches
 from .rows import insert_rows
-from .scheduler import claim_soon, horizon, schedule_steps
+from .scheduler import claim_soon, schedule_steps, step_horizon
 
 log = logging.getLogger("drip.bulk")
 CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "timezone")
@@ -383,7 +383,7 @@ def _insert_steps(registrations: list[tuple[int, Event]], now: datetime) -> dict
             if template.status in Step.OPEN:
                 for registration_id in ids:
                     planned[registration_id] += 1
-            if template.status == Step.Status.PENDING and template.due_at <= horizon(now):
+            if template.status == Step.Status.PENDING and template.due_at <= step_horizon(now):
                 soon += inserted
     claim_soon(soon, now)
     return planned

@@ -18,7 +18,7 @@ from .funnels import ATTENDED, NO_SHOW, Funnel, Trigger, registered, started_by
 from .models import Event, Registration, Step
 from .planning import build_step, cancel_steps, step_insert_select
 from .publish import batches
-from .scheduler import claim_soon, horizon, schedule_steps
+from .scheduler import claim_soon, schedule_steps, step_horizon
 
 log = logging.getLogger("drip.completion")
 BATCH = 5000  # ids per statement: SQLite caps the parameters of one
@@ -174,7 +174,7 @@ def _enqueue_due_soon(event: Event, funnels: list[str], now: datetime) -> None:
     """Steps already inside the enqueue horizon (a completion entered late, or a large
     DRIP_TIME_SCALE) go to Celery now rather than at the dispatcher's next tick."""
     due_soon = Step.objects.filter(
-        registration__event=event, funnel__in=funnels, status=Step.Status.PENDING, due_at__lte=horizon(now)
+        registration__event=event, funnel__in=funnels, status=Step.Status.PENDING, due_at__lte=step_horizon(now)
     )
     claim_soon(list(due_soon.values_list("id", flat=True)), now)
 

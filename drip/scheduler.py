@@ -36,11 +36,17 @@ def horizon(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.DRIP_ENQUEUE_HORIZON)
 
 
+def step_horizon(now: datetime) -> datetime:
+    """The latest due time of a step handed to Celery now: its task waits in the broker for
+    at most the horizon, since it runs DRIP_STEP_LEAD before the step is due."""
+    return horizon(now) + timedelta(seconds=settings.DRIP_STEP_LEAD)
+
+
 def schedule_steps(steps: list[Step]) -> list[Step]:
     """Insert planned steps in bulk and enqueue those due soon (after commit)."""
     created = Step.objects.bulk_create(steps, batch_size=CLAIM_BATCH)
     now = timezone.now()
-    soon = [s.pk for s in created if s.status == Step.Status.PENDING and s.due_at <= horizon(now)]
+    soon = [s.pk for s in created if s.status == Step.Status.PENDING and s.due_at <= step_horizon(now)]
     claim_soon(soon, now)
     return created
 
@@ -59,7 +65,7 @@ def claim_due_steps(now: datetime | None = None, ids: Iterable[int] | None = Non
     now = now or timezone.now()
     token = uuid.uuid4().hex
     with transaction.atomic():
-        pending = Step.objects.filter(status=Step.Status.PENDING, due_at__lte=horizon(now))
+        pending = Step.objects.filter(status=Step.Status.PENDING, due_at__lte=step_horizon(now))
         if ids is not None:
             pending = pending.filter(id__in=list(ids))
         candidates = list(

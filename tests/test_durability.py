@@ -119,9 +119,10 @@ def test_a_step_left_running_by_a_dead_worker_is_run_again_once(transactional_db
 
 
 def test_a_worker_killed_with_sigkill_mid_funnel_still_sends_everything_once(transactional_db, providers, settings):
-    """The worker dies while it holds the 24 h reminders as ETA tasks (claimed, unacknowledged);
-    the 1 h reminders still wait in the database. A new worker and the reconciler finish the
-    funnel: every message once, none lost."""
+    """The worker dies while it holds the 24 h reminders as ETA tasks (their messages,
+    prepared DRIP_STEP_LEAD ahead; claimed, unacknowledged); the 1 h reminders still wait in
+    the database. A new worker and the reconciler finish the funnel: every message once,
+    none lost."""
     # 1 h of funnel time is 0.5 s here: room for ten sends between the 1 h reminder and the start.
     knobs = {"DRIP_TIME_SCALE": 7200, "DRIP_RECONCILE_GRACE": 0.5, "DRIP_ENQUEUE_HORIZON": 1}
     for name, value in knobs.items():
@@ -137,7 +138,9 @@ def test_a_worker_killed_with_sigkill_mid_funnel_still_sends_everything_once(tra
         event = make_event(starts_in=16)  # 24 h reminders due at +4 s, 1 h reminders at +15.5 s
         registrations = [enroll(make_contact(), event) for _ in range(5)]
         providers.wait_for(5, timeout=30)
-        wait_until(lambda: Step.objects.filter(key="reminder_24h", status=Step.Status.ENQUEUED).count() == 5, timeout=15)
+        prepared = Message.objects.filter(step__key="reminder_24h", status=Message.Status.QUEUED)
+        wait_until(lambda: prepared.count() == 10, timeout=15)
+        assert Step.objects.filter(key="reminder_1h", status=Step.Status.PENDING).count() == 5
         assert len(providers.messages()) == 5
         os.killpg(first.pid, signal.SIGKILL)  # the main process and its pool children, no goodbye
         first.wait()
