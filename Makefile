@@ -25,11 +25,11 @@ test: install
 	@if [ -z "$(ARGS)" ]; then $(MAKE) --no-print-directory lint; fi
 	@bash scripts/test.sh $(ARGS)
 
-# The durability, broker and beat tests again on RabbitMQ (quorum queues), in a vhost of their
+# The durability, broker, beat and failover tests again on RabbitMQ (quorum queues), in a vhost of their
 # own that is deleted afterwards; ARGS picks other tests. Needs rabbitmqctl and RabbitMQ at
 # AMQP_HOST (guest/guest); the database is DATABASE_URL's, as for make test.
 AMQP_HOST ?= 127.0.0.1:5672
-AMQP_TESTS ?= tests/test_durability.py tests/test_brokers.py tests/test_beats.py
+AMQP_TESTS ?= tests/test_durability.py tests/test_brokers.py tests/test_beats.py tests/test_failover.py
 test-amqp: install
 	@vhost=drip_test_$$$$_$$(date +%s); \
 	rabbitmqctl -q add_vhost $$vhost >/dev/null && rabbitmqctl -q set_permissions -p $$vhost guest ".*" ".*" ".*" >/dev/null || exit 1; \
