@@ -15,21 +15,12 @@ export BENCH_REDIS_OWNED=1
 BENCH_PG_ADMIN_URL="${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 # Another name when two checkouts run it on one server at once.
 BENCH_DB_NAME="${BENCH_DB_NAME:-drip_bench}"
-pg_admin() {
-    .venv/bin/python - "$BENCH_PG_ADMIN_URL" "$1" "$BENCH_DB_NAME" <<'PY'
-import sys, psycopg
-url, action, name = sys.argv[1:]
-with psycopg.connect(url, autocommit=True) as conn:
-    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    if action == "create":
-        conn.execute(f'CREATE DATABASE "{name}"')
-PY
-}
+source scripts/pg_admin.sh
 
 cleanup() {
     local status=$?
     if [ -n "${BENCH_CREATED_DB:-}" ]; then
-        pg_admin drop || echo "bench: could not drop database $BENCH_DB_NAME" >&2
+        pg_admin "$BENCH_PG_ADMIN_URL" drop "$BENCH_DB_NAME" || echo "bench: could not drop database $BENCH_DB_NAME" >&2
     fi
     if [ -n "${DRIP_STARTED_REDIS_PIDFILE:-}" ]; then
         kill "$(cat "$DRIP_STARTED_REDIS_PIDFILE" 2>/dev/null)" 2>/dev/null || true
@@ -40,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "${DATABASE_URL:-}" ]; then
-    pg_admin create
+    pg_admin "$BENCH_PG_ADMIN_URL" create "$BENCH_DB_NAME"
     BENCH_CREATED_DB=1
     export DATABASE_URL="${BENCH_PG_ADMIN_URL%/*}/$BENCH_DB_NAME"
     export BENCH_DATABASE_OWNED=1

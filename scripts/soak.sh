@@ -21,16 +21,7 @@ fi
 unset REDIS_URL CELERY_BROKER_URL DATABASE_URL
 source scripts/redis_up.sh
 
-pg_admin() {
-    .venv/bin/python - "$SOAK_PG_ADMIN_URL" "$1" "$2" <<'PY'
-import sys, psycopg
-url, action, name = sys.argv[1:]
-with psycopg.connect(url, autocommit=True) as conn:
-    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    if action == "create":
-        conn.execute(f'CREATE DATABASE "{name}"')
-PY
-}
+source scripts/pg_admin.sh
 
 SOAK_PID=""
 CREATED_DBS=()
@@ -49,7 +40,7 @@ cleanup() {
     for pid in $(cat bench/logs/soak/*/pids 2>/dev/null); do
         if [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$PWD" ]; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
     done
-    for db in "${CREATED_DBS[@]}"; do pg_admin drop "$db" || echo "soak: could not drop database $db" >&2; done
+    for db in "${CREATED_DBS[@]}"; do pg_admin "$SOAK_PG_ADMIN_URL" drop "$db" || echo "soak: could not drop database $db" >&2; done
     for vhost in "${CREATED_VHOSTS[@]}"; do rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true; done
     if [ -n "${DRIP_STARTED_REDIS_PIDFILE:-}" ]; then
         kill "$(cat "$DRIP_STARTED_REDIS_PIDFILE" 2>/dev/null)" 2>/dev/null || true
@@ -70,7 +61,7 @@ trap 'exit 129' HUP
 
 run_one() {
     local broker="$1" db="drip_soak_$1"
-    pg_admin create "$db"
+    pg_admin "$SOAK_PG_ADMIN_URL" create "$db"
     CREATED_DBS+=("$db")
     export DATABASE_URL="${SOAK_PG_ADMIN_URL%/*}/$db" SOAK_DB_NAME="$db" SOAK_BROKER_NAME="$broker"
     if [ "$broker" = amqp ]; then
