@@ -115,7 +115,11 @@ def test_with_a_real_worker_nothing_is_sent_twice(worker, beat, providers, clien
     registration = Registration.objects.get(external_id="r-lin")
     wait_until(lambda: settled(registration) and registration.event.starts_at < timezone.now(), timeout=30)
     body = story(client)
-    got = sorted((m["templateType"], m["channel"], m["status"]) for m in body["messages"])
+    # The 24 h reminder of the first plan may have been prepared (DRIP_STEP_LEAD) before the
+    # cancel: its messages were withdrawn then, and stay in the story as such.
+    withdrawn = [m for m in body["messages"] if m["status"] == "skipped" and m["error"] == "registration cancelled"]
+    assert {m["templateType"] for m in withdrawn} <= {"reminder_24h"}
+    got = sorted((m["templateType"], m["channel"], m["status"]) for m in body["messages"] if m not in withdrawn)
     # reminder_1h is due 0.5 s before the start: on a loaded machine it may reach the sender
     # after the start and be skipped as expired (by design). Either way, nothing twice.
     late = [m for m in body["messages"] if m["templateType"] == "reminder_1h" and m["status"] == "skipped"]
