@@ -296,7 +296,9 @@ class EmailTransport(Transport):
             _forget("email")
             raise classify(exc) from exc
         status = getattr(email, "anymail_status", None)
-        if status is None:  # a plain Django backend (console, SMTP): no provider id
+        # A plain Django backend (console, SMTP) leaves an AnymailMessage's status empty: no
+        # provider id, and nothing an ESP said.
+        if status is None or status.status is None:
             return f"local-{uuid.uuid4().hex}"
         if status.status and status.status <= {"invalid", "rejected", "failed"}:
             raise TransportError(
