@@ -177,7 +177,7 @@ def _render(message: Message, log: IdsAdapter) -> Rendered | None:
 def _deliver(group: list[_Ready], transport: Transport, consent: ConsentView) -> None:
     """The provider call for prepared messages (one request, or one each, as the transport
     does it); then each message's own outcome."""
-    due = [ready for ready in group if not _expired(ready)]
+    due = _stamp_call([ready for ready in group if not _expired(ready)])
     if not due:
         return
     outcomes = transport.send_many([(ready.message, ready.rendered) for ready in due])
@@ -187,6 +187,33 @@ def _deliver(group: list[_Ready], transport: Transport, consent: ConsentView) ->
     for ready, outcome in results:
         if isinstance(outcome, TransportError):
             _on_transport_error(ready.message, outcome, consent, ready.log)
+
+
+def _stamp_call(group: list[_Ready]) -> list[_Ready]:
+    """Right before a request that carries several messages: those still ours (the same
+    claim, not handed to verification meanwhile) get the time of the call itself as their
+    `sending_at`, in one UPDATE ... RETURNING. The reconciler's DRIP_SENDING_TIMEOUT counts
+    from it: a batch slowed down while it was prepared (a loaded host) must not see its
+    first messages looked up, found missing and sent again by another task while it is
+    about to send them (the soak found 72 such duplicates). A lone message's call follows
+    its guarded write at once, so it needs no second write."""
+    if len(group) < 2:
+        return group
+    now = Message._meta.get_field("sending_at").get_db_prep_save(timezone.now(), connection)
+    table, ids = Message._meta.db_table, [ready.message.id for ready in group]
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET sending_at = %s, updated_at = %s WHERE id IN ({marks}) AND status = %s "
+            f"AND claim_token = %s AND verify_at IS NULL RETURNING id",
+            [now, now, *ids, Message.Status.SENDING, group[0].message.claim_token],
+        )
+        ours = {row[0] for row in cursor.fetchall()}
+    for ready in group:
+        if ready.message.id not in ours:
+            ready.log.info("%s %s no longer ours before the call (handed to verification); not sending",
+                           ready.message.template_type, ready.message.channel)
+    return [ready for ready in group if ready.message.id in ours]
 
 
 def _expired(ready: _Ready) -> bool:

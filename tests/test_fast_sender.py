@@ -367,9 +367,34 @@ def test_expiry_is_checked_for_each_message_right_before_the_call_they_share(db,
 def test_a_batched_call_records_its_outcomes_in_one_write(db, recording, django_assert_max_num_queries):
     recording.batch_max = 10
     ids = [direct(Channel.EMAIL).pk for _ in range(10)]
-    # 3 per batch (claim, load, consent), the write before the call per message, and one
-    # write for the ten outcomes.
-    with django_assert_max_num_queries(3 + 10 + 1):
+    # 3 per batch (claim, load, consent), the write before the call per message, the call's
+    # own time stamped on the ten in one write, and one write for the ten outcomes.
+    with django_assert_max_num_queries(3 + 10 + 1 + 1):
         send_batch(ids)
     assert recording.requests == [ids]
     assert dict(Message.objects.values_list("id", "provider_message_id")) == {pk: f"rec-{n}" for n, pk in enumerate(ids, 1)}
+
+
+def test_a_message_handed_to_verification_while_its_batch_was_prepared_is_left_out(db, recording, monkeypatch):
+    """The soak's duplicates: a batch slowed down while it was prepared, the reconciler took
+    its first message (a call recorded long ago, no outcome) for a lost call and handed it to
+    verification, which would find it missing and send it again. The batch's request must
+    leave it out."""
+    from drip import sender
+
+    recording.batch_max = 3
+    ids = [direct(Channel.EMAIL).pk for _ in range(3)]
+    checked = sender._expired
+
+    def reconciler_meanwhile(ready: Any) -> bool:
+        if ready.message.id == ids[0]:
+            now = timezone.now()
+            assert Message.objects.filter(id=ids[0]).verify_later(now, "verifying with the provider: worker lost", now) == 1
+        return checked(ready)
+
+    monkeypatch.setattr(sender, "_expired", reconciler_meanwhile)
+    send_batch(ids)
+    assert recording.requests == [ids[1:]]
+    first = Message.objects.get(pk=ids[0])
+    assert first.status == Message.Status.SENDING and first.verify_at is not None
+    assert Message.objects.filter(id__in=ids[1:], status=Message.Status.SENT).count() == 2
