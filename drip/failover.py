@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from .models import Message, Step, Worker
 from .publish import enqueue_sends
-from .scheduler import MAX_LOST_CLAIMS, STEP_MAX_ATTEMPTS, _in_batches, _reenqueue
+from .scheduler import MAX_LOST_CLAIMS, STEP_MAX_ATTEMPTS, in_batches, rearm_steps
 
 log = logging.getLogger("drip.failover")
 # Worker rows this old are deleted: their holds were taken over (or their rows finished) long ago.
@@ -64,7 +64,7 @@ def _rearm_steps(workers: list[int], now: datetime) -> int:
     running.filter(attempts__gte=STEP_MAX_ATTEMPTS).fail(
         f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log", now
     )
-    return _reenqueue(held.filter(status=Step.Status.ENQUEUED), now) + _reenqueue(running, now, alone=True)
+    return rearm_steps(held.filter(status=Step.Status.ENQUEUED), now) + rearm_steps(running, now, alone=True)
 
 
 def _rearm_messages(workers: list[int], now: datetime) -> int:
@@ -75,7 +75,7 @@ def _rearm_messages(workers: list[int], now: datetime) -> int:
         f"send task did not finish in {MAX_LOST_CLAIMS} attempts; see the worker log", now
     )
     total = 0
-    for rows in _in_batches(stuck | held.filter(status=Message.Status.QUEUED), ()):
+    for rows in in_batches(stuck | held.filter(status=Message.Status.QUEUED), ()):
         total += _take_back([row[0] for row in rows], workers, now)
     return total
 

@@ -148,7 +148,7 @@ def _reconcile(now: datetime) -> dict[str, int]:
     return counts
 
 
-def _in_batches(lost: QuerySet, fields: tuple[str, ...]) -> Iterator[list[tuple]]:
+def in_batches(lost: QuerySet, fields: tuple[str, ...]) -> Iterator[list[tuple]]:
     """Every row of `lost`, CLAIM_BATCH at a time, by id: a run recovers all of it (after a
     broker reset that can be far more than one batch), and rows it has just re-armed, which
     may still match, are not visited twice."""
@@ -177,12 +177,12 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
         lost_enqueued &= Q(due_at__lt=stale, enqueued_at__lt=stale)
     # A batch that died mid-run may have died of one of its steps: those run alone from
     # now on, so one bad step cannot take the others down with it again.
-    return _reenqueue(Step.objects.filter(lost_enqueued), now) + _reenqueue(Step.objects.filter(lost_running), now, alone=True)
+    return rearm_steps(Step.objects.filter(lost_enqueued), now) + rearm_steps(Step.objects.filter(lost_running), now, alone=True)
 
 
-def _reenqueue(lost: StepQuerySet, now: datetime, alone: bool = False) -> int:
+def rearm_steps(lost: StepQuerySet, now: datetime, alone: bool = False) -> int:
     total = 0
-    for rows in _in_batches(lost, ()):
+    for rows in in_batches(lost, ()):
         token = uuid.uuid4().hex
         ids = [row[0] for row in rows]
         with transaction.atomic():
@@ -207,7 +207,7 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -
     )
     lost = queued | stuck
     total = 0
-    for rows in _in_batches(lost, ("channel", "next_attempt_at")):
+    for rows in in_batches(lost, ("channel", "next_attempt_at")):
         ids = [mid for mid, _, _ in rows]
         with transaction.atomic():
             Message.objects.filter(id__in=ids).recover_lost_claims(stale, now)
@@ -234,7 +234,7 @@ def _verify_interrupted_sends(now: datetime) -> int:
     cutoff = now - timedelta(seconds=settings.DRIP_SENDING_TIMEOUT)
     at = now + timedelta(seconds=settings.DRIP_VERIFY_DELAY)
     total = 0
-    for rows in _in_batches(Message.objects.interrupted_in_call(cutoff), ("channel",)):
+    for rows in in_batches(Message.objects.interrupted_in_call(cutoff), ("channel",)):
         ids = [mid for mid, _ in rows]
         with transaction.atomic():
             total += Message.objects.filter(id__in=ids).interrupted_in_call(cutoff).verify_later(at, WORKER_LOST, now)
@@ -250,7 +250,7 @@ def _reenqueue_lost_verifications(now: datetime, stale: datetime, everything: bo
     if not everything:
         lost = lost.filter(verify_at__lt=stale)
     total = 0
-    for rows in _in_batches(lost, ("channel", "verify_at")):
+    for rows in in_batches(lost, ("channel", "verify_at")):
         ids = [mid for mid, _, _ in rows]
         with transaction.atomic():
             Message.objects.filter(id__in=ids).verify_overdue_now(now)

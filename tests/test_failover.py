@@ -102,6 +102,7 @@ def test_a_busy_worker_that_is_alive_keeps_its_work(worker, beat, providers, set
     settings.DRIP_RECONCILE_GRACE = 120
     settings.DRIP_WORKER_HEARTBEAT, settings.DRIP_WORKER_DEAD_AFTER = 0.25, 1.0
     providers.slow_down(1.0)
+    broker_was_reset()  # plant the mark now: a first reconcile must not re-arm everything
     event = make_event(starts_in=14)  # 24 h reminders past due (skipped), 1 h reminders at +13 s
     registrations = [enroll(make_contact(), event) for _ in range(5)]
     held = Step.objects.filter(key="reminder_1h", status=Step.Status.ENQUEUED)
