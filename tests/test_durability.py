@@ -85,9 +85,13 @@ def test_a_flushed_redis_loses_nothing(transactional_db, providers, celery_app, 
 
 def test_a_restarted_worker_recovers_the_reminders_it_held(worker, providers, celery_app, scaled):
     scaled.DRIP_RECONCILE_GRACE = 1.0
-    registration = enroll(make_contact(), make_event(starts_in=6))
+    # 1 h of funnel time is half a second: the 24 h reminder is due 12 s before the start, the
+    # 1 h reminder 0.5 s before it. The stop and restart below took 6 s on RabbitMQ in CI, past
+    # the 6 s start this test once used, so every reminder expired before it could be recovered.
+    scaled.DRIP_TIME_SCALE = 7200
+    registration = enroll(make_contact(), make_event(starts_in=24))
     providers.wait_for(1)
-    # The running worker holds the reminders as ETA tasks; stop it and flush Redis too.
+    # The running worker holds the reminders as ETA tasks; stop it and flush the broker too.
     worker.stop()
     flush_broker()
     with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=QUEUES):
