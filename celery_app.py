@@ -23,9 +23,13 @@ app.steps["worker"].add("drip.workers:WorkerPresence")
 # provider never delays the other channel nor the steps (drip.publish picks the channel's
 # queue for every send batch). `messages` is the queue of every send before the split:
 # tasks still in it after an upgrade are consumed, and nothing new is published to it.
-STEPS, EMAIL, SMS, LEGACY_MESSAGES = "steps", "email", "sms", "messages"
+# `control` carries beat's periodic ticks (dispatch, reconcile, failover) apart from the
+# work: behind a backlog of step tasks they expired unrun, so the reconciler and the failover
+# were silent exactly when a flushed broker or a killed worker needed them (the soak found
+# 7,787 steps left enqueued that way).
+CONTROL, STEPS, EMAIL, SMS, LEGACY_MESSAGES = "control", "steps", "email", "sms", "messages"
 SEND_QUEUES = {"email": EMAIL, "sms": SMS}
-ALL_QUEUES = (STEPS, EMAIL, SMS, LEGACY_MESSAGES)
+ALL_QUEUES = (CONTROL, STEPS, EMAIL, SMS, LEGACY_MESSAGES)
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
@@ -67,6 +71,9 @@ def _configure_queues(conf: object) -> None:
 app.conf.task_routes = {
     "drip.tasks.send_messages": {"queue": LEGACY_MESSAGES},
     "drip.tasks.send_message": {"queue": LEGACY_MESSAGES},
+    "drip.tasks.dispatch_due_steps": {"queue": CONTROL},
+    "drip.tasks.reconcile": {"queue": CONTROL},
+    "drip.tasks.fail_over_dead_workers": {"queue": CONTROL},
     "drip.tasks.*": {"queue": STEPS},
 }
 

@@ -56,12 +56,13 @@ class SoakStub:
             self._receipts.write(line + "\n")
             self._receipts.flush()
 
-    def _handle(self, kind: str, message_id: str, accepted: Receipt) -> str:
-        """Applies the current fault: ACCEPTED (kept and answered), DROPPED (kept, the
-        connection closed unanswered), or REFUSED / HUNG (nothing kept, a 503)."""
-        fault = self._current_fault()
+    def _handle(self, kind: str, message_id: str, accepted: Receipt, fault: str, hang: bool = True) -> str:
+        """Applies `fault` (the one in force when the request came): ACCEPTED (kept and
+        answered), DROPPED (kept, the connection closed unanswered), or REFUSED / HUNG
+        (nothing kept, a 503)."""
         if fault == "hang":
-            time.sleep(HANG_SECONDS)
+            if hang:
+                time.sleep(HANG_SECONDS)
             self._record(kind, message_id, accepted.to, HUNG, accepted.at)
             return HUNG
         if fault == "503":
@@ -77,12 +78,12 @@ class SoakStub:
     def _postmark(self, raw: bytes) -> tuple[int, Any]:
         return self._email(json.loads(raw))
 
-    def _email(self, data: dict[str, Any]) -> tuple[int, Any]:
+    def _email(self, data: dict[str, Any], fault: str | None = None, hang: bool = True) -> tuple[int, Any]:
         headers = {h.get("Name"): h.get("Value") for h in data.get("Headers") or []}
         metadata = data.get("Metadata") or {}
         message_id = str(headers.get("X-Drip-Message-Id") or metadata.get("drip_message_id") or "")
         receipt = Receipt("email", data.get("To", ""), time.time(), str(uuid.uuid4()), metadata)
-        outcome = self._handle("email", message_id, receipt)
+        outcome = self._handle("email", message_id, receipt, self._current_fault() if fault is None else fault, hang)
         if outcome in (REFUSED, HUNG):
             return 503, {"ErrorCode": 500, "Message": "soak stub: unavailable"}
         answer = {"To": receipt.to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": receipt.provider_id,
@@ -90,9 +91,14 @@ class SoakStub:
         return (DROP if outcome == DROPPED else 200), answer
 
     def _postmark_batch(self, raw: bytes) -> tuple[int, Any]:
-        """`/email/batch`: each message meets the fault on its own; the request is answered
-        only when every one of them was accepted (a fault applies to the whole request)."""
-        answers = [self._email(one) for one in json.loads(raw)]
+        """`/email/batch`: the fault in force when the request came applies to all of it, as
+        one request (a hang holds it once, not once per message: held message by message, a
+        batch outlived the fault and its last messages were accepted a minute after the
+        client gave up, which no provider does). Answered only when every one was accepted."""
+        fault = self._current_fault()
+        if fault == "hang":
+            time.sleep(HANG_SECONDS)
+        answers = [self._email(one, fault, hang=False) for one in json.loads(raw)]
         statuses = {status for status, _ in answers}
         if DROP in statuses:
             return DROP, {}
@@ -107,7 +113,7 @@ class SoakStub:
         service = form.get("MessagingServiceSid", "")
         sender = form.get("From") or (POOL_NUMBER if service else "")
         receipt = Receipt("sms", form.get("To", ""), time.time(), "SM" + uuid.uuid4().hex, {}, sender, service, form.get("Body", ""))
-        outcome = self._handle("sms", message_id, receipt)
+        outcome = self._handle("sms", message_id, receipt, self._current_fault())
         if outcome in (REFUSED, HUNG):
             return 503, {"code": 20503, "message": "soak stub: unavailable", "status": 503}
         answer = {"sid": receipt.provider_id, "status": "queued", "to": receipt.to, "from": sender, "body": receipt.body,

@@ -15,7 +15,7 @@ LOG_DIR = Path(__file__).resolve().parent / "logs"
 
 # The Procfile's worker line, with the bench app (project app + bench.noop) and prefork
 # named explicitly; concurrency 2 because this machine has 2 cores.
-WORKER_ARGS = ["worker", "--queues", "steps,email,sms,messages", "--pool", "prefork", "--concurrency", "2",
+WORKER_ARGS = ["worker", "--queues", "control,steps,email,sms,messages", "--pool", "prefork", "--concurrency", "2",
                "--loglevel", "WARNING"]
 # The Procfile's sender line: threads for the messages queue, which mostly waits on providers.
 SENDER_ARGS = ["worker", "--queues", "email,sms,messages", "--pool", "threads", "--concurrency", "16",

@@ -293,5 +293,8 @@ LOGGING = {
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
+        # The twilio client logs every request's method, URL and headers at INFO (a dozen
+        # lines per SMS); the sender's own line says what was sent and the provider's id.
+        "twilio.http_client": {"level": "WARNING"},
     },
 }

@@ -19,8 +19,8 @@ from drip.consent import latest_record
 from drip.models import ConsentRecord, Contact, Message, Registration, Step
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every queue a worker consumes (celery_app.ALL_QUEUES): steps, email, sms, messages.
-QUEUES = ["steps", "email", "sms", "messages"]
+# Every queue a worker consumes (celery_app.ALL_QUEUES): control, steps, email, sms, messages.
+QUEUES = ["control", "steps", "email", "sms", "messages"]
 # 24 h of funnel time pass in 4 s of real time; 1 h in about 0.17 s.
 SCALE = 21600
 

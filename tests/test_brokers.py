@@ -45,6 +45,40 @@ def test_every_worker_queue_is_declared_and_messages_of_old_are_consumed(worker)
     assert "messages" in ALL_QUEUES  # sends queued before the split still run
 
 
+def test_beats_ticks_go_to_the_control_queue_and_run_ahead_of_a_step_backlog(transactional_db, celery_app):
+    """A backlog of step tasks (a broker recovery re-enqueues thousands) must not hold up
+    beat's ticks: in the `steps` queue they waited behind it and expired unrun, so neither
+    the reconciler nor the failover ran while they were needed most."""
+    from celery.signals import task_postrun
+
+    from celery_app import CONTROL, _beat_schedule
+
+    for entry in _beat_schedule().values():
+        assert celery_app.amqp.router.route({}, entry["task"])["queue"].name == CONTROL
+    flush_broker()
+    backlog = 1500  # step tasks for ids that do not exist: each a quick no-op claim
+    celery_app.send_task("drip.tasks.run_steps", args=[[10**9]])  # warms the worker up first
+    for _ in range(backlog):
+        celery_app.send_task("drip.tasks.run_steps", args=[[10**9]])
+    ran: list[str] = []
+
+    def seen(task=None, **_: object) -> None:
+        ran.append(task.name)
+
+    task_postrun.connect(seen, weak=False)
+    try:
+        with start_worker(celery_app, pool="threads", concurrency=1, perform_ping_check=False, queues=QUEUES):
+            wait_until(lambda: len(ran) >= 20, timeout=30)
+            # Expiry as beat sets it (twice the interval); far less than the backlog takes.
+            celery_app.send_task("drip.tasks.fail_over_dead_workers", expires=3)
+            wait_until(lambda: "drip.tasks.fail_over_dead_workers" in ran, timeout=10)
+            steps_left = backlog - ran.count("drip.tasks.run_steps")
+    finally:
+        task_postrun.disconnect(seen)
+        flush_broker()
+    assert steps_left > 100, "the backlog was gone before the tick came: nothing was shown"
+
+
 def test_a_mixed_batch_is_split_by_channel_into_its_queues(transactional_db, providers, celery_app):
     """Ids only, both channels in one call: a worker on the email queue sends the emails and
     never sees an SMS; the SMS wait in their own queue for a worker of theirs."""
