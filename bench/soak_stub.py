@@ -36,8 +36,11 @@ class SoakStub:
         self._fault = ""
         self._fault_until = 0.0
         # What the provider accepted (a dropped answer included): the lookups answer from it,
-        # as Postmark's outbound search and Twilio's Messages list would.
-        self._accepted: list[Receipt] = []
+        # as Postmark's outbound search and Twilio's Messages list would. Indexed by what the
+        # lookups ask for (an email's metadata, an SMS's recipient): a scan of 80,000 receipts
+        # per lookup made this one process the slowest part of a recovery.
+        self._by_metadata: dict[tuple[str, str], list[Receipt]] = {}
+        self._by_to: dict[str, list[Receipt]] = {}
         self.server, self.url = serve_provider_api(self, "soak-stub")
         # A dropped connection is on purpose: no traceback on stderr for each one.
         self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
@@ -70,7 +73,10 @@ class SoakStub:
             return REFUSED
         outcome = DROPPED if fault == "drop" else ACCEPTED
         with self._lock:
-            self._accepted.append(accepted)
+            for key_value in accepted.metadata.items():
+                self._by_metadata.setdefault(key_value, []).append(accepted)
+            if kind == "sms":
+                self._by_to.setdefault(accepted.to, []).append(accepted)
         self._record(kind, message_id, accepted.to, outcome, accepted.at)
         return outcome
 
@@ -121,15 +127,17 @@ class SoakStub:
         return (DROP if outcome == DROPPED else 201), answer
 
     # --- the lookups (Drip's "verifying": did the provider accept it?) --------------------
-    def _accepted_so_far(self) -> list[Receipt]:
-        with self._lock:
-            return list(self._accepted)
-
     def _postmark_search(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        return postmark_search(self._accepted_so_far(), params)
+        """Drip asks by one metadata key (its Message id); the shared search filters the rest."""
+        wanted = [(k.removeprefix("metadata_"), v) for k, v in params.items() if k.startswith("metadata_")]
+        with self._lock:
+            candidates = list(self._by_metadata.get(wanted[0], [])) if wanted else []
+        return postmark_search(candidates, params)
 
     def _twilio_list(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        return twilio_list(self._accepted_so_far(), path, params)
+        with self._lock:
+            candidates = list(self._by_to.get(params.get("To", ""), []))
+        return twilio_list(candidates, path, params)
 
     def _drops_unread(self, path: str) -> bool:
         return False  # the soak's faults apply after the request is read

@@ -26,6 +26,7 @@ import redis
 from celery.utils.functional import chunks
 from django.conf import settings
 from django.utils import timezone
+from kombu.exceptions import ChannelError
 from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
     declare_native_delayed_delivery_exchanges_and_queues,
@@ -189,6 +190,26 @@ def _rabbitmq_mark_was_missing() -> bool:
             return True
         finally:
             channel.close()
+
+
+def waiting_tasks(queues: Iterable[str]) -> dict[str, int]:
+    """Tasks waiting in each queue that no worker has received yet (an ETA task a Redis
+    worker holds in memory is not counted, nor one in RabbitMQ's delay queues). A queue the
+    broker does not know holds none."""
+    counts: dict[str, int] = {}
+    with app.connection_for_write() as conn:
+        errors: tuple[type[BaseException], ...] = (*conn.channel_errors, ChannelError)
+        for name in queues:
+            # Redis' virtual channel and py-amqp's both answer a passive declare with the count.
+            channel = cast(amqp.Channel, conn.channel())
+            try:
+                declared = channel.queue_declare(name, passive=True)
+            except errors:
+                counts[name] = 0  # not declared: nothing waits in it (RabbitMQ closed the channel)
+            else:
+                counts[name] = int(declared[1]) if declared else 0  # (queue, message_count, consumer_count)
+                channel.close()
+    return counts
 
 
 def purge_broker() -> None:

@@ -23,8 +23,10 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from celery_app import ALL_QUEUES, SEND_QUEUES, STEPS
+
 from .models import HELD, VERIFYING, Message, Step, StepQuerySet
-from .publish import batches, broker_was_reset, enqueue_sends, enqueue_steps, enqueue_verifications
+from .publish import batches, broker_was_reset, enqueue_sends, enqueue_steps, enqueue_verifications, waiting_tasks
 
 log = logging.getLogger("drip.scheduler")
 CLAIM_BATCH = 1000
@@ -137,15 +139,35 @@ def _reconcile(now: datetime) -> dict[str, int]:
     # more than the grace (a busy worker may still be about to run the rest).
     everything = broker_was_reset()
     stale = now - timedelta(seconds=settings.DRIP_RECONCILE_GRACE)
+    busy = set() if everything else _busy_queues()
     counts = {
-        "steps_reenqueued": _reenqueue_lost_steps(now, stale, everything),
-        "messages_reenqueued": _reenqueue_lost_messages(now, stale, everything),
+        "steps_reenqueued": _reenqueue_lost_steps(now, stale, everything, STEPS in busy),
+        "messages_reenqueued": _reenqueue_lost_messages(now, stale, everything, busy),
         "messages_to_verify": _verify_interrupted_sends(now),
         "verifications_reenqueued": _reenqueue_lost_verifications(now, stale, everything),
     }
     if any(counts.values()):
         log.warning("reconcile recovered lost work: %s", counts)
     return counts
+
+
+def _busy_queues() -> set[str]:
+    """Queues with tasks no worker has received yet. A step or message enqueued more than the
+    grace ago may simply wait in one of them behind a backlog: publishing it again there
+    would double the backlog at every run (the soak saw 14,773 steps re-enqueued at once,
+    then 11,798, ...), so a busy queue's lost enqueues wait until it drains. A lost worker's
+    work does not wait: failover takes it back, and the reconciler's "running"/"stuck" paths
+    do not look at queues."""
+    try:
+        waiting = waiting_tasks(ALL_QUEUES)
+    except Exception:  # the broker does not answer: recover as if nothing waited
+        log.warning("reconcile could not read the queues' depth", exc_info=True)
+        return set()
+    busy = {name for name, count in waiting.items() if count}
+    if busy:
+        log.info("reconcile: tasks waiting in %s; their lost enqueues wait until they drain",
+                 ", ".join(f"{name} ({waiting[name]})" for name in sorted(busy)))
+    return busy
 
 
 def in_batches(lost: QuerySet, fields: tuple[str, ...]) -> Iterator[list[tuple]]:
@@ -162,7 +184,7 @@ def in_batches(lost: QuerySet, fields: tuple[str, ...]) -> Iterator[list[tuple]]
         after = rows[-1][0]
 
 
-def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> int:
+def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool, busy: bool = False) -> int:
     # An enqueued step past its due time by more than the grace never ran: its task was
     # lost. A running step older than the grace died with its worker (a step run takes
     # milliseconds, and its outcome commits atomically with "done", so re-running is safe).
@@ -177,7 +199,8 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool) -> i
         lost_enqueued &= Q(due_at__lt=stale, enqueued_at__lt=stale)
     # A batch that died mid-run may have died of one of its steps: those run alone from
     # now on, so one bad step cannot take the others down with it again.
-    return rearm_steps(Step.objects.filter(lost_enqueued), now) + rearm_steps(Step.objects.filter(lost_running), now, alone=True)
+    rearmed = rearm_steps(Step.objects.filter(lost_running), now, alone=True)
+    return rearmed if busy else rearmed + rearm_steps(Step.objects.filter(lost_enqueued), now)
 
 
 def rearm_steps(lost: StepQuerySet, now: datetime, alone: bool = False) -> int:
@@ -194,11 +217,13 @@ def rearm_steps(lost: StepQuerySet, now: datetime, alone: bool = False) -> int:
     return total
 
 
-def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool) -> int:
+def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool, busy: set[str] | None = None) -> int:
     # A held message far from its time is not lost: it waits in the database on purpose.
     queued = Message.objects.filter(status=Message.Status.QUEUED).exclude(claim_token=HELD, next_attempt_at__gt=horizon(now))
     if not everything:
         queued = queued.filter(next_attempt_at__lt=stale)
+        # Its task may wait in its channel's queue behind a backlog (_busy_queues).
+        queued = queued.exclude(channel__in=[channel for channel, name in SEND_QUEUES.items() if name in (busy or set())])
     # A send stuck before its provider call (sending_at unset) never left: send it again.
     stuck = Message.objects.stuck_before_call(stale)
     # One whose send task keeps dying before the provider call (a bug) stops here.

@@ -14,8 +14,12 @@ have it. Sending again could deliver it twice; failing it could lose it. So it i
 - cannot tell (no lookup for this provider) → `failed` "outcome unknown", as before.
 
 The lookups are network calls: no transaction or lock is held across them. The task claims
-its rows with a fresh token (a conditional update) and every outcome is written only while
-that token holds, so two tasks (or two reconcilers publishing one) settle a message once.
+each row right before its lookup, with a fresh token (a conditional update) and a lease of
+two provider timeouts, and every outcome is written only while that token holds, so two
+tasks (or two reconcilers publishing one) settle a message once. One row at a time, not the
+batch at once: a batch's lease had to cover every lookup of it (a provider timeout each), so a
+task killed with 100 rows left them out of the reconciler's reach for 50 minutes (the soak
+ended with 202 messages verifying that way); now only the row in hand waits for its lease.
 """
 from __future__ import annotations
 
@@ -33,16 +37,22 @@ from .publish import enqueue_sends, enqueue_verifications
 
 
 def verify_batch(message_ids: list[int]) -> None:
+    for message_id in message_ids:
+        message = _claim(message_id)
+        if message is not None:
+            settle(message, transport_for(message.channel).lookup(message))
+
+
+def _claim(message_id: int) -> Message | None:
+    """The row, held by this task for one lookup (at most DRIP_PROVIDER_TIMEOUT; the lease is
+    twice that); past it, plus the reconcile grace, a task that died with it is published
+    again. None when it is settled, not due yet, or held by another verify task."""
     now = timezone.now()
     token = uuid.uuid4().hex
-    # Held while the lookups run (each at most DRIP_PROVIDER_TIMEOUT); past it, plus the
-    # reconcile grace, a task that died with the rows is published again.
-    lease = now + timedelta(seconds=settings.DRIP_PROVIDER_TIMEOUT * max(1, len(message_ids)))
-    if not Message.objects.filter(id__in=message_ids).claim_verify(token, lease, now):
-        return  # settled, not due yet, or held by another verify task
-    for message in Message.objects.filter(id__in=message_ids, claim_token=token):
-        lookup = transport_for(message.channel).lookup(message)
-        settle(message, lookup)
+    lease = now + timedelta(seconds=2 * settings.DRIP_PROVIDER_TIMEOUT)
+    if not Message.objects.filter(id=message_id).claim_verify(token, lease, now):
+        return None
+    return Message.objects.filter(id=message_id, claim_token=token).first()
 
 
 def settle(message: Message, lookup: Lookup) -> None:

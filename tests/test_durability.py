@@ -105,6 +105,33 @@ def test_a_restarted_worker_recovers_the_reminders_it_held(worker, providers, ce
     assert_each_sent_once(providers, 5)
 
 
+def test_the_reconciler_leaves_a_task_waiting_in_a_busy_queue_and_recovers_it_once_gone(transactional_db, settings):
+    """Past the grace, an enqueued step whose task still waits in the `steps` queue (a
+    backlog no worker has reached yet) is not published again: doing so doubled a backlog at
+    every run. Once the queue has lost it (purged here, the broker's reset mark kept), it is."""
+    from celery_app import app
+
+    from drip.publish import waiting_tasks
+
+    settings.DRIP_RECONCILE_GRACE = 1.0
+    flush_broker()
+    scheduler.reconcile()  # the first check after a flush is a "reset": the mark is set now
+    enroll(make_contact(), make_event(starts_in=3600 * 48))
+    welcome = Step.objects.get(key="welcome", status=Step.Status.ENQUEUED)
+    long_ago = timezone.now() - timedelta(minutes=5)
+    Step.objects.filter(id=welcome.id).update(due_at=long_ago, enqueued_at=long_ago)
+    assert waiting_tasks(["steps"])["steps"] == 1
+    try:
+        assert scheduler.reconcile()["steps_reenqueued"] == 0
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge("steps")
+        assert waiting_tasks(["steps"])["steps"] == 0
+        assert scheduler.reconcile()["steps_reenqueued"] == 1
+        assert waiting_tasks(["steps"])["steps"] == 1
+    finally:
+        flush_broker()
+
+
 def test_a_step_left_running_by_a_dead_worker_is_run_again_once(transactional_db, settings):
     settings.DRIP_RECONCILE_GRACE = 1.0
     registration = enroll(make_contact(), make_event(starts_in=3600))

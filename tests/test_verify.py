@@ -158,3 +158,30 @@ def test_twilio_messages_match_on_body_and_time():
     # A messaging service may rewrite a body: an unmatched message of ours is not proof of absence.
     assert match_twilio_messages([sms("SM2", "rewritten", 0, "MG1")], message, "MG1").outcome == Lookup.CANNOT_TELL
     assert match_twilio_messages([sms("SM3", "Reminder: tomorrow", 0, "MG1")], message, "MG1") == Lookup.accepted("SM3")
+
+
+def test_a_verify_task_lost_mid_batch_holds_only_the_row_in_hand(transactional_db, providers, settings):
+    """A verify task claims each row right before its lookup. Killed in its first lookup, it
+    holds that row for two provider timeouts (then the reconciler publishes it again) and
+    none of the rest: the whole batch's lease was 30 s per row, 50 minutes for 100 rows."""
+    from drip import scheduler
+    from drip.publish import broker_was_reset
+    from drip.verify import _claim
+    from tests.helpers import flush_broker
+
+    settings.DRIP_PROVIDER_TIMEOUT = 1.0  # a lease of 2 s, past the claims' 1 s early tolerance
+    settings.DRIP_RECONCILE_GRACE = 0.2
+    broker_was_reset()  # the mark in place: this reconcile is not a broker recovery
+    rows = [interrupted(Channel.EMAIL, reached_provider=False) for _ in range(3)]
+    now = timezone.now()
+    Message.objects.filter(pk__in=[m.pk for m in rows]).update(verify_at=now, error="verifying with the provider: test")
+    in_hand = _claim(rows[0].pk)  # the task that dies in this lookup
+    assert in_hand is not None and in_hand.verify_at <= now + timedelta(seconds=2.01)
+    untouched = Message.objects.filter(pk__in=[m.pk for m in rows[1:]])
+    assert list(untouched.values_list("verify_at", flat=True)) == [now, now]
+    assert _claim(rows[0].pk) is None  # a second task leaves the held row alone
+    time.sleep(2.4)  # past the lease and the grace
+    try:
+        assert scheduler.reconcile()["verifications_reenqueued"] == 3
+    finally:
+        flush_broker()
