@@ -12,8 +12,10 @@ from celery.contrib.testing.worker import start_worker
 from django.db import connections
 from django.utils import timezone
 
+from celery_app import app
 from drip import scheduler
 from drip.models import Message, Step
+from drip.publish import waiting_tasks
 from drip.tasks import run_step, send_message
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import QUEUES, Ticker, assert_each_sent_once, flush_broker, settled, wait_for_worker, wait_until, worker_process
@@ -109,10 +111,6 @@ def test_the_reconciler_leaves_a_task_waiting_in_a_busy_queue_and_recovers_it_on
     """Past the grace, an enqueued step whose task still waits in the `steps` queue (a
     backlog no worker has reached yet) is not published again: doing so doubled a backlog at
     every run. Once the queue has lost it (purged here, the broker's reset mark kept), it is."""
-    from celery_app import app
-
-    from drip.publish import waiting_tasks
-
     settings.DRIP_RECONCILE_GRACE = 1.0
     flush_broker()
     scheduler.reconcile()  # the first check after a flush is a "reset": the mark is set now
