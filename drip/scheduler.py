@@ -199,8 +199,10 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool, busy
         lost_enqueued &= Q(due_at__lt=stale, enqueued_at__lt=stale)
     # A batch that died mid-run may have died of one of its steps: those run alone from
     # now on, so one bad step cannot take the others down with it again.
-    rearmed = rearm_steps(Step.objects.filter(lost_running), now, alone=True)
-    return rearmed if busy else rearmed + rearm_steps(Step.objects.filter(lost_enqueued), now)
+    # The enqueued first: the running ones re-armed below are enqueued too, and would be
+    # published twice if this came after them.
+    rearmed = 0 if busy else rearm_steps(Step.objects.filter(lost_enqueued), now)
+    return rearmed + rearm_steps(Step.objects.filter(lost_running), now, alone=True)
 
 
 def rearm_steps(lost: StepQuerySet, now: datetime, alone: bool = False) -> int:
