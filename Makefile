@@ -43,7 +43,7 @@ lint: install
 bench: install
 	@bash scripts/bench.sh
 
-# The chaos soak (bench/README.md, "Chaos soak"): about 10 minutes per broker. SOAK_BROKER=redis|amqp|both
+# The chaos soak (bench/README.md, "Chaos soak"): about 12 minutes per broker. SOAK_BROKER=redis|amqp|both
 # (default both), SOAK_REGISTRATIONS (20000), SOAK_SECONDS (480), SOAK_SEED; SOAK_SHORT=1 for
 # 2,000 registrations in about 3 minutes, to work on it.
 soak: install
