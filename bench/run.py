@@ -84,6 +84,9 @@ def configure_environment(stub: BenchStub) -> dict[str, str]:
         # scale would pull the post-event steps into the enqueue horizon.
         "DEBUG": "0",
         "DRIP_TIME_SCALE": "1",
+        # The figures must not depend on the hour: the dispatch world's reengagement SMS are
+        # marketing, and inside the contacts' quiet hours they would wait for the morning.
+        "DRIP_SMS_QUIET_HOURS": "off",
         "EMAIL_BACKEND": "anymail.backends.postmark.EmailBackend",
         "ANYMAIL_POSTMARK_SERVER_TOKEN": "bench-server-token",
         "ANYMAIL_POSTMARK_API_URL": stub.url + "/",

@@ -12,6 +12,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -441,9 +442,22 @@ def _twilio_client() -> Client:
 
 
 class TwilioSmsTransport(Transport):
+    """One request per message; a group of them goes side by side (DRIP_SMS_PARALLEL)."""
+
     def __init__(self) -> None:
         key = (settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, settings.TWILIO_API_BASE_URL, settings.DRIP_PROVIDER_TIMEOUT)
         self.client = _client("twilio", key, _twilio_client)
+
+    @property
+    def batch_max(self) -> int:  # type: ignore[override]
+        return settings.DRIP_SMS_PARALLEL
+
+    def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
+        if len(items) < 2:
+            return super().send_many(items)
+        # Each thread sends through its own client (_client keeps one per thread): a requests
+        # session is not shared between threads.
+        return list(_sms_threads().map(_send_sms, items))
 
     def send(self, message: Message, rendered: Rendered) -> str:
         sender = (
@@ -507,6 +521,30 @@ def match_twilio_messages(found: Iterable[Any], message: Message, service: str =
             f"a messaging service may rewrite bodies; {len(ours)} unmatched message(s) to {message.to} since the call"
         )
     return Lookup.not_found()
+
+
+def _send_sms(item: tuple[Message, Rendered]) -> Outcome:
+    try:
+        return TwilioSmsTransport().send(*item)
+    except TransportError as exc:
+        return exc
+
+
+_sms_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
+_sms_pool_lock = threading.Lock()
+
+
+def _sms_threads() -> ThreadPoolExecutor:
+    """One pool per process, shared by its task threads; a prefork child builds its own
+    (threads do not survive a fork), and a new DRIP_SMS_PARALLEL a new one."""
+    global _sms_pool
+    key = (os.getpid(), settings.DRIP_SMS_PARALLEL)
+    with _sms_pool_lock:
+        if _sms_pool is None or _sms_pool[0] != key:
+            if _sms_pool is not None and _sms_pool[0][0] == key[0]:
+                _sms_pool[1].shutdown(wait=False)
+            _sms_pool = (key, ThreadPoolExecutor(settings.DRIP_SMS_PARALLEL, thread_name_prefix="drip-sms"))
+        return _sms_pool[1]
 
 
 def transport_for(channel: str) -> Transport:

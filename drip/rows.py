@@ -63,3 +63,47 @@ def _default(field: models.Field, now: datetime) -> Any:
     if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
         return now
     return field.get_default()
+
+
+def update_rows(model: type[models.Model], rows: Sequence[Row], condition: str, condition_params: Sequence[Any]) -> set[int]:
+    """Give each row (its `id`, and values by attname) its own values, only where `condition`
+    (SQL on the table's own columns, `%s` for `condition_params`) still holds; returns the
+    ids it updated. On PostgreSQL one `UPDATE ... FROM unnest(...)`, a parameter per column;
+    elsewhere one UPDATE per row."""
+    if not rows:
+        return set()
+    names = [name for name in rows[0] if name != "id"]
+    fields = [f for f in map(model._meta.get_field, names) if isinstance(f, models.Field) and f.concrete]
+    assert len(fields) == len(names)  # columns, never relations
+    if connection.vendor != "postgresql":
+        return _update_each(model, rows, fields, condition, condition_params)
+    quote = connection.ops.quote_name
+    pk = model._meta.pk
+    assert pk is not None
+    arrays = [f"%s::{pk.db_type(connection)}[]"] + [f"%s::{f.db_type(connection)}[]" for f in fields]
+    aliases = ", ".join(f"c{i}" for i in range(len(arrays)))
+    assignments = ", ".join(f"{quote(str(f.column))} = u.c{i}" for i, f in enumerate(fields, start=1))
+    table = quote(model._meta.db_table)
+    sql = (
+        f"UPDATE {table} SET {assignments} FROM unnest({', '.join(arrays)}) AS u({aliases}) "
+        f"WHERE {table}.{quote(str(pk.column))} = u.c0 AND {condition} RETURNING {table}.{quote(str(pk.column))}"
+    )
+    columns = [[row["id"] for row in rows], *([row[f.attname] for row in rows] for f in fields)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*columns, *condition_params])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _update_each(model: type[models.Model], rows: Sequence[Row], fields: list[models.Field], condition: str,
+                 condition_params: Sequence[Any]) -> set[int]:
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(str(f.column))} = %s" for f in fields)
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE id = %s AND {condition}"
+    updated = set()
+    with connection.cursor() as cursor:
+        for row in rows:
+            values = [f.get_db_prep_save(row[f.attname], connection) for f in fields]
+            cursor.execute(sql, [*values, row["id"], *condition_params])
+            if cursor.rowcount == 1:
+                updated.add(row["id"])
+    return updated

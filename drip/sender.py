@@ -4,10 +4,11 @@ queued → sending (conditional claim, one per batch) → checks → render → 
 be sent → provider call → sent | queued again (transient error, backoff) | failed | skipped.
 Every attempt leaves its count and last error on the Message row.
 
-Each message is prepared on its own (checks, render, rate slot, the guarded write that
-records its call); the provider call is one request per message, or one for several where
-the channel's transport takes them together (Postmark's /email/batch), and then each
-message has its own outcome.
+Each message is prepared on its own (checks, render, rate slot); the guarded write that
+records its call is made for the messages of one request together, right before it; the
+provider call is one request per message, or one for several where the channel's
+transport takes them together (Postmark's /email/batch; Twilio's requests side by side),
+and then each message has its own outcome.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .policy import frequency_cap_reason, frequency_capped, message_block, messa
 from .publish import enqueue_sends, enqueue_verifications
 from .ratelimit import reserve_send_slot
 from .rendering import Rendered, RenderError, render_message
+from .rows import update_rows
 from .sms import sms_segments
 
 SMS_SEGMENTS_WARNING = 2  # past this, a message costs noticeably more: say so in the log
@@ -90,16 +92,20 @@ def send_batch(message_ids: list[int]) -> None:
 
 @dataclass
 class _Ready:
-    """A message past its checks, rendered, and its call recorded: only the call is left."""
+    """A message past its checks and rendered: its guarded write and the call are left."""
 
     message: Message
     rendered: Rendered
     log: IdsAdapter
+    # What the guarded write records before the call (to, subject, body...); empty once it
+    # is recorded.
+    record: dict[str, Any]
 
 
 class _Outbox:
-    """Prepared messages wait here for their provider call: each alone, or up to the
-    transport's `batch_max` in one request. A send batch holds one channel (drip.publish);
+    """Prepared messages wait here for their guarded write (one statement for all that
+    wait) and their provider call: each alone, or up to the transport's `batch_max` in one
+    request. A send batch holds one channel (drip.publish);
     should it hold two, a change of channel sends what waits first."""
 
     def __init__(self, consent: ConsentView) -> None:
@@ -118,13 +124,16 @@ class _Outbox:
 
     def send(self) -> None:
         waiting, self.waiting = self.waiting, []
-        if waiting and self.transport is not None:
-            _deliver(waiting, self.transport, self.consent)
+        if waiting:
+            self.deliver(waiting)
+
+    def deliver(self, group: list[_Ready]) -> None:
+        _deliver(group, transport_for(group[0].message.channel), self.consent)
 
 
 def _prepare(message: Message, consent: ConsentView, outbox: _Outbox) -> None:
-    """Checks, render, rate slot and the guarded write that records the call about to be
-    made (it is what keeps a message from being sent twice); then into the outbox."""
+    """Checks, render and rate slot; then into the outbox, which records the call about to
+    be made (the write that keeps a message from being sent twice) right before making it."""
     log = message_log(message)
     block = message_block(message, timezone.now(), consent)
     if block:
@@ -147,18 +156,16 @@ def _prepare(message: Message, consent: ConsentView, outbox: _Outbox) -> None:
         outbox.send()
         time.sleep(wait)  # a short wait for a slot that is ours
     message.to = message.contact.address_for(message.channel)
-    recorded = _record_call(
-        message, to=message.to, subject=rendered.subject, body=rendered.text, html=rendered.html,
-        sending_at=timezone.now(), rate_slot_at=None, **_sms_length(message, rendered, log),
-    )
-    if recorded is None:
-        return  # over the frequency cap: skipped with the reason
-    if not recorded:
-        # Withdrawn meanwhile (a cancel, a reschedule, a revoked consent), or we stalled
-        # long enough for the reconciler to hand it to another task: not ours to send.
-        log.info("%s %s no longer ours (withdrawn, or taken back by the reconciler); not sending", message.template_type, message.channel)
+    record = {"to": message.to, "subject": rendered.subject, "body": rendered.text, "html": rendered.html,
+              "rate_slot_at": None, **_sms_length(message, rendered, log)}
+    ready = _Ready(message, rendered, log, record)
+    if frequency_capped(message):
+        # Its place under the cap is taken under the contact's row lock, now: it goes alone.
+        outbox.send()
+        if _record_capped(ready):
+            outbox.deliver([ready])
         return
-    outbox.add(_Ready(message, rendered, log))
+    outbox.add(ready)
 
 
 def _render(message: Message, log: IdsAdapter) -> Rendered | None:
@@ -175,9 +182,9 @@ def _render(message: Message, log: IdsAdapter) -> Rendered | None:
 
 
 def _deliver(group: list[_Ready], transport: Transport, consent: ConsentView) -> None:
-    """The provider call for prepared messages (one request, or one each, as the transport
-    does it); then each message's own outcome."""
-    due = _stamp_call([ready for ready in group if not _expired(ready)])
+    """The guarded write for the whole group, then the provider call (one request, or one
+    each, as the transport does it) for those still due; then each message's own outcome."""
+    due = [ready for ready in _record_calls(group) if not _expired(ready)]
     if not due:
         return
     outcomes = transport.send_many([(ready.message, ready.rendered) for ready in due])
@@ -189,31 +196,32 @@ def _deliver(group: list[_Ready], transport: Transport, consent: ConsentView) ->
             _on_transport_error(ready.message, outcome, consent, ready.log)
 
 
-def _stamp_call(group: list[_Ready]) -> list[_Ready]:
-    """Right before a request that carries several messages: those still ours (the same
-    claim, not handed to verification meanwhile) get the time of the call itself as their
-    `sending_at`, in one UPDATE ... RETURNING. The reconciler's DRIP_SENDING_TIMEOUT counts
-    from it: a batch slowed down while it was prepared (a loaded host) must not see its
-    first messages looked up, found missing and sent again by another task while it is
-    about to send them (the soak found 72 such duplicates). A lone message's call follows
-    its guarded write at once, so it needs no second write."""
-    if len(group) < 2:
-        return group
-    now = Message._meta.get_field("sending_at").get_db_prep_save(timezone.now(), connection)
-    table, ids = Message._meta.db_table, [ready.message.id for ready in group]
-    marks = ", ".join(["%s"] * len(ids))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET sending_at = %s, updated_at = %s WHERE id IN ({marks}) AND status = %s "
-            f"AND claim_token = %s AND verify_at IS NULL RETURNING id",
-            [now, now, *ids, Message.Status.SENDING, group[0].message.claim_token],
-        )
-        ours = {row[0] for row in cursor.fetchall()}
-    for ready in group:
-        if ready.message.id not in ours:
-            ready.log.info("%s %s no longer ours before the call (handed to verification); not sending",
-                           ready.message.template_type, ready.message.channel)
-    return [ready for ready in group if ready.message.id in ours]
+def _record_calls(group: list[_Ready]) -> list[_Ready]:
+    """The write that keeps a message from being sent twice, right before its call: what
+    will be sent and `sending_at`, for every message of the group in one statement, each only
+    while it is still ours (this task's claim, no call recorded, not handed to verification).
+    A message withdrawn meanwhile (a cancel, a reschedule, a revoked consent) or taken back
+    by the reconciler (this task stalled past its grace) is not sent. Returns those to send."""
+    pending = [ready for ready in group if ready.record]
+    if pending:
+        now = timezone.now()
+        rows = [{"id": ready.message.id, **ready.record, "sending_at": now, "updated_at": now} for ready in pending]
+        ours = update_rows(Message, rows, "status = %s AND claim_token = %s AND sending_at IS NULL AND verify_at IS NULL",
+                           [Message.Status.SENDING, pending[0].message.claim_token])
+        for ready in pending:
+            if ready.message.id in ours:
+                _recorded(ready, now)
+            else:
+                ready.log.info("%s %s no longer ours (withdrawn, or taken back by the reconciler); not sending",
+                               ready.message.template_type, ready.message.channel)
+    return [ready for ready in group if not ready.record]
+
+
+def _recorded(ready: _Ready, now: datetime) -> None:
+    for name, value in ready.record.items():
+        setattr(ready.message, name, value)
+    ready.message.sending_at = ready.message.updated_at = now
+    ready.record = {}
 
 
 def _expired(ready: _Ready) -> bool:
@@ -284,20 +292,19 @@ def _held_for_quiet_hours(message: Message, log: IdsAdapter) -> bool:
     return True
 
 
-def _record_call(message: Message, **fields: Any) -> bool | None:
-    """The guarded write right before the provider call. A marketing message under a
-    frequency cap takes its place under the contact's row lock, so two workers racing for
-    the last place cannot both send; None when the cap is reached (skipped with the reason)."""
-    if not frequency_capped(message):
-        return _write(message, before_call=True, **fields)
+def _record_capped(ready: _Ready) -> bool:
+    """The guarded write of a marketing message under a frequency cap: it takes its place
+    under the contact's row lock, so two workers racing for the last place cannot both send.
+    False when the cap is reached (skipped with the reason) or the message is no longer ours."""
+    message = ready.message
     with transaction.atomic():
         list(Contact.objects.select_for_update().filter(pk=message.contact_id).values_list("pk", flat=True))
         reason = frequency_cap_reason(message, timezone.now())
         if reason:
             _finish(message, Message.Status.SKIPPED, error=reason)
-            message_log(message).info("%s %s skipped: %s", message.template_type, message.channel, reason)
-            return None
-        return _write(message, before_call=True, **fields)
+            ready.log.info("%s %s skipped: %s", message.template_type, message.channel, reason)
+            return False
+        return bool(_record_calls([ready]))
 
 
 def _hand_back(messages: list[Message], pieces_of: int | None = None) -> None:
@@ -340,16 +347,16 @@ def _finish(message: Message, status: str, **fields: Any) -> bool:
     return _write(message, status=status, **fields)
 
 
-def _write(message: Message, before_call: bool = False, **fields: Any) -> bool:
-    """`_mine(message).update(**fields)` (with `before_call`: only while no provider call is
-    recorded), as one plain UPDATE. It runs twice for every message, and building the same
-    statement through the ORM each time was a fifth of the sender's CPU (bench/README.md)."""
+def _write(message: Message, **fields: Any) -> bool:
+    """`_mine(message).update(**fields)` as one plain UPDATE: a message's outcome when it is
+    its own (a lone send, a skip, a retry). Building the same statement through the ORM each
+    time was a fifth of the sender's CPU (bench/README.md)."""
     fields["updated_at"] = timezone.now()
     columns = [Message._meta.get_field(name) for name in fields]
     assert all(isinstance(f, Field) for f in columns)  # concrete columns, never relations
     assignments = ", ".join(f"{connection.ops.quote_name(str(f.column))} = %s" for f in columns)  # type: ignore[union-attr]
     values = [f.get_db_prep_save(value, connection) for f, value in zip(columns, fields.values(), strict=True)]  # type: ignore[union-attr]
-    where = "id = %s AND status = %s AND claim_token = %s" + (" AND sending_at IS NULL" if before_call else "")
+    where = "id = %s AND status = %s AND claim_token = %s"
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {Message._meta.db_table} SET {assignments} WHERE {where}",

@@ -39,5 +39,10 @@ fi
 echo "bench: database ${DATABASE_URL}  redis: $REDIS_URL" >&2
 
 started=$(date +%s)
+if [ "${1:-}" = "--profile" ]; then
+    shift
+    .venv/bin/python -m bench.profile "$@"  # where a message's CPU goes (bench/profile.py)
+    exit
+fi
 .venv/bin/python -m bench.run "$@"
 echo "make bench took $(( $(date +%s) - started )) s" >&2

@@ -198,6 +198,9 @@ class ProviderStub:
         self.modes: dict[str, list[str]] = {"email": [], "sms": []}
         self.hang_after_accept = 5.0
         self.lookups: list[tuple[str, dict[str, str]]] = []
+        # Twilio requests being answered now, and the most there were at once since reset.
+        self.sms_in_flight = 0
+        self.sms_most_in_flight = 0
         self.released = threading.Event()
         self.lock = threading.Lock()
         self.server, self.url = serve_provider_api(self)
@@ -216,6 +219,7 @@ class ProviderStub:
             self.hangs = {}
             self.modes = {"email": [], "sms": []}
             self.lookups = []
+            self.sms_most_in_flight = 0
             self.released.set()  # hung requests answer 503 now, recording nothing
             self.released = threading.Event()
 
@@ -329,6 +333,16 @@ class ProviderStub:
         return {"To": to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": message_id, "ErrorCode": 0, "Message": "OK"}
 
     def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.sms_in_flight += 1
+            self.sms_most_in_flight = max(self.sms_most_in_flight, self.sms_in_flight)
+        try:
+            return self._twilio_answer(raw)
+        finally:
+            with self.lock:
+                self.sms_in_flight -= 1
+
+    def _twilio_answer(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
         if self._hung("sms"):
             return 503, {"code": 20503, "message": "stub hung", "status": 503}

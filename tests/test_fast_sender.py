@@ -14,6 +14,7 @@ import requests
 import time_machine
 from anymail.exceptions import AnymailRecipientsRefused
 from anymail.message import AnymailMessage, AnymailRecipientStatus
+from django.db import connection
 from django.utils import timezone
 from twilio.base.exceptions import TwilioRestException
 
@@ -23,6 +24,7 @@ from drip.consent import has_consent
 from drip.direct import send_direct
 from drip.fastforward import run_steps_now
 from drip.models import Channel, ConsentRecord, Contact, Message, Registration, Step
+from drip.rendering import Rendered
 from drip.sender import send_batch
 from drip.sms import GSM7, UCS2, sms_segments
 from drip.steps import run_step_batch
@@ -367,34 +369,47 @@ def test_expiry_is_checked_for_each_message_right_before_the_call_they_share(db,
 def test_a_batched_call_records_its_outcomes_in_one_write(db, recording, django_assert_max_num_queries):
     recording.batch_max = 10
     ids = [direct(Channel.EMAIL).pk for _ in range(10)]
-    # 3 per batch (claim, load, consent), the write before the call per message, the call's
-    # own time stamped on the ten in one write, and one write for the ten outcomes.
-    with django_assert_max_num_queries(3 + 10 + 1 + 1):
+    # 3 per batch (claim, load, consent), the write before the call for the ten (one per
+    # message where the database has no arrays to update from), one for the ten outcomes.
+    with django_assert_max_num_queries(3 + (1 if connection.vendor == "postgresql" else 10) + 1):
         send_batch(ids)
     assert recording.requests == [ids]
     assert dict(Message.objects.values_list("id", "provider_message_id")) == {pk: f"rec-{n}" for n, pk in enumerate(ids, 1)}
 
 
-def test_a_message_handed_to_verification_while_its_batch_was_prepared_is_left_out(db, recording, monkeypatch):
-    """The soak's duplicates: a batch slowed down while it was prepared, the reconciler took
-    its first message (a call recorded long ago, no outcome) for a lost call and handed it to
-    verification, which would find it missing and send it again. The batch's request must
-    leave it out."""
+def test_a_message_taken_back_while_its_batch_was_prepared_is_left_out(db, recording, monkeypatch):
+    """The soak's duplicates: a batch slowed down while it was prepared, and the reconciler
+    took its first message back meanwhile (another task will send it). The guarded write,
+    made for the whole request right before it, must leave that message out."""
     from drip import sender
 
     recording.batch_max = 3
     ids = [direct(Channel.EMAIL).pk for _ in range(3)]
-    checked = sender._expired
+    rendering = sender.render_message
 
-    def reconciler_meanwhile(ready: Any) -> bool:
-        if ready.message.id == ids[0]:
+    def reconciler_meanwhile(message: Message) -> Any:
+        if message.id == ids[2]:  # the batch is slow: its first message is taken back
             now = timezone.now()
-            assert Message.objects.filter(id=ids[0]).verify_later(now, "verifying with the provider: worker lost", now) == 1
-        return checked(ready)
+            assert Message.objects.filter(id=ids[0]).recover_lost_claims(now, now) == 1
+        return rendering(message)
 
-    monkeypatch.setattr(sender, "_expired", reconciler_meanwhile)
+    monkeypatch.setattr(sender, "render_message", reconciler_meanwhile)
     send_batch(ids)
     assert recording.requests == [ids[1:]]
     first = Message.objects.get(pk=ids[0])
-    assert first.status == Message.Status.SENDING and first.verify_at is not None
+    assert (first.status, first.sending_at, first.lost_claims) == (Message.Status.QUEUED, None, 1)
     assert Message.objects.filter(id__in=ids[1:], status=Message.Status.SENT).count() == 2
+
+
+def test_a_message_handed_to_verification_is_never_recorded_again(db, recording):
+    """A call recorded and handed to verification (the reconciler's DRIP_SENDING_TIMEOUT)
+    belongs to the lookup: the guarded write leaves it out whatever else matches."""
+    from drip import sender
+
+    message = direct(Channel.EMAIL)
+    now = timezone.now()
+    Message.objects.filter(pk=message.pk).claim("tok", now)
+    Message.objects.filter(pk=message.pk).update(verify_at=now)
+    message = Message.objects.get(pk=message.pk)
+    ready = sender._Ready(message, Rendered("s", "t", ""), sender.message_log(message), {"to": message.to})
+    assert sender._record_calls([ready]) == [] and fresh(message).sending_at is None
