@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-amqp lint bench soak clean
+.PHONY: install run test test-amqp lint bench bench-profile soak clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ lint: install
 
 bench: install
 	@bash scripts/bench.sh
+
+# Where a message's CPU goes, stage by stage, under cProfile (bench/profile.py): a minute.
+bench-profile: install
+	@bash scripts/bench.sh --profile
 
 # The chaos soak (bench/README.md, "Chaos soak"): about 12 minutes per broker. SOAK_BROKER=redis|amqp|both
 # (default both), SOAK_REGISTRATIONS (20000), SOAK_SECONDS (480), SOAK_SEED; SOAK_SHORT=1 for

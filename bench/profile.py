@@ -58,6 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--registrations", type=int, default=1000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--dump", help="also write the raw cProfile stats here (for pstats or snakeviz)")
     args = parser.parse_args()
     stub = BenchStub()
     configure_environment(stub)
@@ -104,6 +105,8 @@ def main() -> int:
     stub.close()
 
     stats = pstats.Stats(profile)
+    if args.dump:
+        stats.dump_stats(args.dump)
     per = 1000 / max(1, sent)
     result: dict[str, Any] = {
         "registrations": n, "messages_sent": sent, "stub_received": stub.count(),

@@ -3,6 +3,7 @@ in the recipient's time zone. Templates live in templates/messages/<template_typ
 subject.txt, body.txt, body.html (email) and sms.txt (SMS)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -85,13 +86,16 @@ def message_context(message: Message) -> dict[str, Any]:
     return context
 
 
-def render_message(message: Message) -> Rendered:
+def render_message(message: Message, numbers_reached: set[str] | None = None) -> Rendered:
+    """The message's subject, text and html. `numbers_reached` (numbers_reached_before, for a
+    batch at once) says which numbers an SMS already reached; without it, it is asked here."""
     env = environment()
     context = message_context(message)
     folder = message.template_type
     try:
         if message.channel == Channel.SMS:
-            return Rendered("", with_opt_out_notice(message, _render(env, f"{folder}/sms.txt", context).strip()), "")
+            text = _render(env, f"{folder}/sms.txt", context).strip()
+            return Rendered("", with_opt_out_notice(message, text, numbers_reached), "")
         subject = " ".join(_render(env, f"{folder}/subject.txt", context).split())
         text = _render(env, f"{folder}/body.txt", context).rstrip() + "\n\n" + _render(env, "_footer.txt", context)
         html = with_html_footer(_render(env, f"{folder}/body.html", context), env, context)
@@ -118,13 +122,25 @@ def with_html_footer(html: str, env: SandboxedEnvironment, context: dict) -> str
     return f"{head}{footer}{body_end}{tail}" if body_end else html + footer
 
 
-def with_opt_out_notice(message: Message, text: str) -> str:
+def with_opt_out_notice(message: Message, text: str, numbers_reached: set[str] | None = None) -> str:
     """The first SMS Drip sends to a number says how to opt out (CTIA); later ones need not
     spend a segment on it. "First": no earlier SMS to the number reached the provider."""
     if OPT_OUT_NOTICE.lower() in text.lower():
         return text
-    number = message.contact.phone or message.to
-    earlier = Message.objects.filter(
-        channel=Channel.SMS, to=number, status__in=(Message.Status.SENT, Message.Status.DELIVERED)
-    ).exclude(pk=message.pk)
-    return text if earlier.exists() else f"{text} {OPT_OUT_NOTICE}"
+    number = sms_number(message)
+    if numbers_reached is None:
+        numbers_reached = numbers_reached_before([number], exclude=message.pk)
+    return text if number in numbers_reached else f"{text} {OPT_OUT_NOTICE}"
+
+
+def sms_number(message: Message) -> str:
+    return message.contact.phone or message.to
+
+
+def numbers_reached_before(numbers: Iterable[str], exclude: int | None = None) -> set[str]:
+    """Which of these numbers an SMS of ours already reached (sent or delivered): one query
+    for a whole send batch."""
+    earlier = Message.objects.filter(channel=Channel.SMS, to__in=set(numbers), status__in=(Message.Status.SENT, Message.Status.DELIVERED))
+    if exclude is not None:
+        earlier = earlier.exclude(pk=exclude)
+    return set(earlier.values_list("to", flat=True).distinct())

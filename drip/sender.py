@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, CharField, F, Field, QuerySet, Value, When
+from django.db.models import F, Field, QuerySet
 from django.utils import timezone
 
 from .channels import Transport, TransportError, transport_for
@@ -31,7 +31,7 @@ from .models import HELD, VERIFYING, Channel, ConsentRecord, Contact, Message, M
 from .policy import frequency_cap_reason, frequency_capped, message_block, message_expiry, quiet_hours_end
 from .publish import enqueue_sends, enqueue_verifications
 from .ratelimit import reserve_send_slot
-from .rendering import Rendered, RenderError, render_message
+from .rendering import Rendered, RenderError, numbers_reached_before, render_message, sms_number
 from .rows import update_rows
 from .sms import sms_segments
 
@@ -65,6 +65,8 @@ def send_batch(message_ids: list[int]) -> None:
             message.step.registration = message.registration
     consent = ConsentView((m.contact_id for m in batch), max_age=CONSENT_MAX_AGE)
     outbox = _Outbox(consent)
+    numbers = [sms_number(m) for m in batch if m.channel == Channel.SMS]
+    reached = numbers_reached_before(numbers) if numbers else set()
     # Messages wait their turn claimed but not yet sent; past the budget (a slow provider)
     # the rest goes back to the queue for another task instead of holding its claim.
     deadline = time.monotonic() + min(settings.DRIP_SEND_BATCH_SECONDS, settings.DRIP_RECONCILE_GRACE / 4)
@@ -75,7 +77,7 @@ def send_batch(message_ids: list[int]) -> None:
             _hand_back(batch[index:], pieces_of=index)
             break
         try:
-            _prepare(message, consent, outbox)
+            _prepare(message, consent, outbox, reached)
         except Exception:
             # Not a provider error (those are classified): the database went away, or a bug.
             # The messages not yet tried go back to the queue, and those whose call is
@@ -131,7 +133,7 @@ class _Outbox:
         _deliver(group, transport_for(group[0].message.channel), self.consent)
 
 
-def _prepare(message: Message, consent: ConsentView, outbox: _Outbox) -> None:
+def _prepare(message: Message, consent: ConsentView, outbox: _Outbox, numbers_reached: set[str]) -> None:
     """Checks, render and rate slot; then into the outbox, which records the call about to
     be made (the write that keeps a message from being sent twice) right before making it."""
     log = message_log(message)
@@ -142,7 +144,7 @@ def _prepare(message: Message, consent: ConsentView, outbox: _Outbox) -> None:
         return
     if _held_for_quiet_hours(message, log):
         return
-    rendered = _render(message, log)
+    rendered = _render(message, log, numbers_reached)
     if rendered is None:
         return
     wait = _rate_limit_wait(message)
@@ -168,10 +170,10 @@ def _prepare(message: Message, consent: ConsentView, outbox: _Outbox) -> None:
     outbox.add(ready)
 
 
-def _render(message: Message, log: IdsAdapter) -> Rendered | None:
+def _render(message: Message, log: IdsAdapter, numbers_reached: set[str]) -> Rendered | None:
     """The message's templates; a template that cannot render fails the message once."""
     try:
-        return render_message(message)
+        return render_message(message, numbers_reached)
     except RenderError as exc:
         _finish(message, Message.Status.FAILED, error=str(exc))
         log.error("%s %s failed: %s", message.template_type, message.channel, exc)
@@ -262,15 +264,9 @@ def _finish_sent_together(sent: list[tuple[_Ready, str]], sent_at: datetime) -> 
     """Every message of one request `sent`, each with its own provider id, in one UPDATE,
     each row still only while this task's claim holds (a send batch has one claim token).
     Returns the ids it recorded."""
-    ids = [ready.message.id for ready, _ in sent]
-    token = sent[0][0].message.claim_token
-    provider_ids = Case(*(When(id=ready.message.id, then=Value(pid)) for ready, pid in sent), output_field=CharField())
-    mine = Message.objects.filter(id__in=ids, status=Message.Status.SENDING, claim_token=token)
-    updated = mine.update(status=Message.Status.SENT, provider_message_id=provider_ids, sent_at=sent_at, error="",
-                          updated_at=timezone.now())
-    if updated == len(ids):
-        return set(ids)
-    return set(Message.objects.filter(id__in=ids, status=Message.Status.SENT, sent_at=sent_at).values_list("id", flat=True))
+    rows = [{"id": ready.message.id, "status": Message.Status.SENT, "provider_message_id": provider_id, "sent_at": sent_at,
+             "error": "", "updated_at": sent_at} for ready, provider_id in sent]
+    return update_rows(Message, rows, "status = %s AND claim_token = %s", [Message.Status.SENDING, sent[0][0].message.claim_token])
 
 
 def _held_for_quiet_hours(message: Message, log: IdsAdapter) -> bool:

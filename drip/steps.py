@@ -17,6 +17,7 @@ from .logs import step_log
 from .models import EARLY_TOLERANCE, Message, Step
 from .policy import channel_block_reason, step_block
 from .publish import enqueue_sends, enqueue_steps
+from .rows import insert_rows
 
 STEP_RELATED = ("registration__event", "registration__contact")
 
@@ -61,8 +62,8 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
         Step.objects.bulk_update([s for s, _ in blocked], ["status", "reason", "finished_at"])
         Step.objects.filter(id__in=[s.id for s in runnable]).finish_run(token, now)
         messages = _messages_for(runnable, now)
-        Message.objects.bulk_create(messages)
-        # bulk_create returns primary keys on PostgreSQL and SQLite >= 3.35.
+        for message, pk in zip(messages, insert_rows(Message, [_row(m) for m in messages], now), strict=True):
+            message.pk = pk
         by_due: dict[datetime, list[tuple[int, str]]] = defaultdict(list)
         for m in messages:
             if m.status == Message.Status.QUEUED:
@@ -110,6 +111,15 @@ def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
                 )
             )
     return messages
+
+
+# What _messages_for sets on a Message; insert_rows gives the other columns their defaults.
+MESSAGE_COLUMNS = ("step_id", "contact_id", "registration_id", "channel", "template_type", "to", "purpose", "status",
+                   "error", "expires_at", "next_attempt_at")
+
+
+def _row(message: Message) -> dict[str, object]:
+    return {name: getattr(message, name) for name in MESSAGE_COLUMNS}
 
 
 def _rearm_early(step_ids: list[int], now: datetime) -> None:
