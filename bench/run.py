@@ -30,8 +30,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
 STARTED = time.monotonic()
 LOAD_AT_START = producer.loadavg()  # other work on the machine moves every figure
-# make bench must finish in 10 minutes; every wait below is cut to what is left of this.
-BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "540"))
+# make bench must finish in 15 minutes; every wait below is cut to what is left of this. (At
+# 9 minutes the 10,000-reminder row left no time for the slow provider's rows.)
+BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "840"))
 
 GOALS = {
     # From the producer's request (bench/producer.py).
