@@ -553,7 +553,14 @@ class Message(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["step", "channel"], name="unique_message_per_step_channel")]
-        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"]),
+            # "Has an SMS of ours reached this number?" (the first SMS carries the opt-out
+            # notice; rendering.numbers_reached_before), asked for every send batch of SMS:
+            # without it, a scan of every message ever sent.
+            models.Index(fields=["to"], name="message_sms_reached",
+                         condition=models.Q(channel="sms", status__in=["sent", "delivered"])),
+        ]
 
     def __str__(self) -> str:
         return f"{self.template_type} {self.channel} to contact {self.contact_id} ({self.status})"

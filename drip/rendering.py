@@ -143,4 +143,4 @@ def numbers_reached_before(numbers: Iterable[str], exclude: int | None = None) -
     earlier = Message.objects.filter(channel=Channel.SMS, to__in=set(numbers), status__in=(Message.Status.SENT, Message.Status.DELIVERED))
     if exclude is not None:
         earlier = earlier.exclude(pk=exclude)
-    return set(earlier.values_list("to", flat=True).distinct())
+    return set(earlier.order_by().values_list("to", flat=True).distinct())
