@@ -3,6 +3,8 @@ through the real anymail Postmark backend and a real worker, against the loopbac
 message still has its own outcome. Other email backends send one message per request."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core import mail
 from django.utils import timezone
@@ -106,6 +108,32 @@ def test_a_batch_item_is_exactly_what_email_receives(db, providers):
     assert headers["List-Unsubscribe"].startswith("<http") and headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert batched.raw["Metadata"] == {METADATA_KEY: str(first.pk)}
     assert batched.raw["From"] == "events@example.com" and batched.html and batched.text
+
+
+@pytest.mark.parametrize("defaults", [
+    {},
+    {"POSTMARK_SEND_DEFAULTS": {"metadata": {"app": "drip"}, "tags": ["events"], "track_clicks": True,
+                                "extra_headers": {"X-Campaign": "webinars"}},
+     "POSTMARK_MESSAGE_STREAM": "broadcast"},
+])
+def test_every_batch_item_is_what_anymail_builds_for_it(db, providers, settings, defaults):
+    """The batch builds one payload with anymail and puts the others' own fields into copies
+    of it (drip.channels._postmark_like): each must equal anymail's own, key by key, with the
+    operator's send defaults too. An address anymail would IDNA-encode is built by anymail."""
+    settings.ANYMAIL = {**settings.ANYMAIL, **defaults}
+    items = prepared(4)
+    items[1] = (items[1][0], Rendered("Zażółć – ünïcode", "text only, no html", ""))
+    unicode_contact = make_contact(email="anna@bücher.example")
+    items[3][0].to = unicode_contact.email
+    transport = EmailTransport()
+    connection = transport._connection()
+    fast = transport._postmark_payloads(connection, items)
+    for (message, rendered), payload in zip(items, fast, strict=True):
+        anymails = transport._postmark_payload(connection, message, rendered)
+        assert json.loads(payload.serialize_data()) == json.loads(anymails.serialize_data())
+        assert payload.get_request_params(connection.api_url) == anymails.get_request_params(connection.api_url)
+    assert fast[3].data["To"] == "anna@xn--bcher-kva.example"  # anymail's own IDNA encoding
+    assert "HtmlBody" not in fast[1].data and fast[2].data["HtmlBody"]
 
 
 def test_another_email_backend_sends_each_message_on_its_own(worker, providers, settings):
