@@ -35,6 +35,8 @@ from .validation import normalize_phone, validate_timezone
 admin.site.site_header = "Drip"
 admin.site.site_title = "Drip"
 admin.site.index_title = "Drip console"
+# Drip has no public site: "View site" would open a 404 (a debug page under DEBUG).
+admin.site.site_url = None
 _plain_index = admin.site.index
 
 
@@ -211,7 +213,7 @@ class ContactAdmin(admin.ModelAdmin):
 
 
 class ImportForm(forms.Form):
-    event = forms.ModelChoiceField(queryset=Event.objects.filter(status=Event.Status.SCHEDULED))
+    event = forms.ModelChoiceField(queryset=preview.enrollable_events())
     file = forms.FileField(required=False, label="CSV file", help_text="UTF-8, a header row; at most 5000 rows.")
     csv_text = forms.CharField(required=False, widget=forms.HiddenInput)
 
@@ -229,7 +231,7 @@ class ImportForm(forms.Form):
 
 
 class EnrollForm(forms.Form):
-    event = forms.ModelChoiceField(queryset=Event.objects.filter(status=Event.Status.SCHEDULED))
+    event = forms.ModelChoiceField(queryset=preview.enrollable_events())
 
 
 def enroll_contacts(contacts: QuerySet[Contact], event: Event) -> tuple[int, int]:
@@ -306,6 +308,12 @@ class EventAdmin(admin.ModelAdmin):
         if "starts_at" in form.base_fields:
             form.base_fields["starts_at"].help_text = "In the event's time zone (its time zone field)."
         return form
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Event | None = None) -> tuple[str, ...]:
+        """A completed or cancelled event keeps its start: the form does not offer to move it
+        (the reschedule service would refuse, after the form had said "changed")."""
+        fixed = ("starts_at",) if obj is not None and obj.status != Event.Status.SCHEDULED else ()
+        return (*super().get_readonly_fields(request, obj), *fixed)
 
     def save_model(self, request: HttpRequest, obj: Event, form: forms.ModelForm, change: bool) -> None:
         """A new start goes through the reschedule service, which re-plans the reminders."""
@@ -478,7 +486,7 @@ class StepInline(NoDelete, admin.TabularInline):
 
 
 class MoveForm(forms.Form):
-    event = forms.ModelChoiceField(queryset=Event.objects.filter(status=Event.Status.SCHEDULED), label="Move to")
+    event = forms.ModelChoiceField(queryset=preview.enrollable_events(), label="Move to")
 
 
 @admin.register(Registration)
@@ -720,14 +728,11 @@ class MessageAdmin(NoDelete, admin.ModelAdmin):
 
     def send_test(self, request: HttpRequest, template_type: str, channel: str, registration: Registration) -> None:
         user = request.user
-        event = registration.event if registration.pk else None
-        if event is None:
-            event = Event.objects.filter(status=Event.Status.SCHEDULED).order_by("starts_at").first()
-        if event is None:
-            self.message_user(request, "No scheduled event to send a test about; choose a registration.", messages.ERROR)
-            return
         try:
-            message = preview.send_test(template_type, channel, user.get_username(), getattr(user, "email", ""), event)
+            # About the event previewed (the sample's, or the chosen registration's): the
+            # test is what the page showed.
+            message = preview.send_test(template_type, channel, user.get_username(), getattr(user, "email", ""),
+                                        registration.event)
         except FieldError as exc:
             self.message_user(request, f"No test sent: {exc}", messages.ERROR)
             return

@@ -117,6 +117,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS: list[dict] = []
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Django's English date formats with the zone added to every date-time (drip/formats/en).
+FORMAT_MODULE_PATH = ["drip.formats"]
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"

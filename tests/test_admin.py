@@ -185,3 +185,19 @@ def test_an_event_start_is_typed_and_shown_in_the_event_time_zone(operator):
     assert response.status_code == 200 and "America/New_York" in response.content.decode()
     event.refresh_from_db()
     assert event.starts_at.isoformat() == "2030-07-01T19:00:00+00:00"
+
+
+def test_a_completed_event_start_is_shown_not_offered(operator):
+    """The reschedule service refuses to move a completed event: the form must not offer it
+    (it used to say "changed successfully" beside "the start was not changed")."""
+    event = make_event(starts_in=-7200)
+    Event.objects.filter(pk=event.pk).update(status=Event.Status.COMPLETED, completed_at=timezone.now())
+    change = operator.get(f"/admin/drip/event/{event.pk}/change/").content.decode()
+    assert 'name="starts_at_0"' not in change
+    response = operator.post(f"/admin/drip/event/{event.pk}/change/", {
+        "external_id": event.external_id, "title": "Renamed", "starts_at_0": "2030-07-01", "starts_at_1": "15:00:00",
+        "timezone": event.timezone, "join_url": event.join_url,
+    })
+    assert response.status_code == 302
+    moved = Event.objects.get(pk=event.pk)
+    assert moved.starts_at == event.starts_at and moved.title == "Renamed"

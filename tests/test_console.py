@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from drip.consent import has_consent
 from drip.models import Channel, Contact, DeliveryReport, Event, Message, Registration, Step
-from tests.factories import enroll, make_contact, make_event
+from tests.factories import enroll, make_contact, make_event, register_quietly
 from tests.helpers import wait_until
 
 
@@ -220,14 +220,27 @@ def test_the_template_preview_renders_each_template_with_sms_segments(operator):
 
 def test_send_a_test_to_me_goes_through_the_real_sender(worker, operator, providers):
     event = make_event(title="Real event")
-    page = text(operator.post("/admin/drip/message/preview/", {"template": "welcome:email", "send_test": "1"}))
+    registration = register_quietly(make_contact(), event)  # no funnel: the test is the only email
+    page = text(operator.post("/admin/drip/message/preview/", {"template": "welcome:email", "send_test": "1",
+                                                               "registration": registration.pk}))
     assert "marked step type “test”" in page
     message = Message.objects.get(step_type="test")
     assert message.to == "op@example.com" and message.contact.external_id == "operator-op"
     wait_until(lambda: Message.objects.filter(pk=message.pk, status=Message.Status.SENT).exists())
     [received] = providers.wait_for(1, kind="email")
-    assert "Real event" in received.subject
-    assert not event.registrations.exists()  # the real event gains no registration
+    assert "Real event" in received.subject  # about the event previewed
+    assert event.registrations.count() == 1  # the real event gains no registration
+    # The test copy of the event is never offered where an operator picks an event.
+    from drip.console.preview import enrollable_events
+
+    assert list(enrollable_events()) == [event]
+
+
+def test_a_test_of_the_sample_is_about_the_sample(worker, operator, providers):
+    make_event(title="Real event")
+    text(operator.post("/admin/drip/message/preview/", {"template": "welcome:email", "send_test": "1"}))
+    [received] = providers.wait_for(1, kind="email")
+    assert "Sample webinar" in received.subject and "Real event" not in received.subject
 
 
 def upload(client, event, text: str, **extra: str):

@@ -83,3 +83,20 @@ def test_the_suppressed_filter(operator):
     assert listed("any") == {"stopped", "bounced"}
     record_consent(stopped, Channel.SMS, True, ConsentRecord.Source.RECIPIENT, detail="twilio:START")
     assert listed("sms") == set()
+
+
+def test_every_time_django_shows_says_its_zone(operator):
+    """The inbox, a message's page and its delivery reports show times through Django's own
+    formats (drip/formats): each carries its zone, so two alike-looking times never mean two
+    zones."""
+    contact = make_contact()
+    at = timezone.now().replace(hour=6, minute=21)
+    InboundSms.objects.create(from_number=contact.phone, body="hello?", provider_sid="SM2", received_at=at)
+    message = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", to=contact.email,
+                                     status=Message.Status.SENT, sent_at=at, provider_message_id=str(uuid.uuid4()))
+    DeliveryReport.objects.create(message=message, channel=Channel.EMAIL, kind=DeliveryReport.Kind.DELIVERED,
+                                  occurred_at=at, provider="postmark", dedupe_key="k2", detail="", applied=True)
+    inbox = operator.get("/admin/drip/inboundsms/").content.decode()
+    page = operator.get(f"/admin/drip/message/{message.pk}/change/").content.decode()
+    assert "6:21 a.m. UTC" in inbox
+    assert page.count("6:21 a.m. UTC") >= 2  # sent at, and the report's time

@@ -95,7 +95,11 @@ def test_a_missing_or_bad_signature_is_403_and_writes_nothing(client, db, twilio
         path = f"{STATUS}?m={message.pk + 1}"
     else:
         twilio.TWILIO_AUTH_TOKEN = ""
-    assert signed_post(client, path, params, signature=signature).status_code == 403
+    answer = signed_post(client, path, params, signature=signature)
+    assert answer.status_code == 403
+    # Without a token nothing can be checked: the answer names the setting to set.
+    expected = b"TWILIO_AUTH_TOKEN is not configured" if how == "no token configured" else b"invalid Twilio signature"
+    assert answer.content == expected
     assert not DeliveryReport.objects.exists()
     assert Message.objects.get(pk=message.pk).status == Message.Status.SENT
     assert has_consent(message.contact, Channel.SMS)

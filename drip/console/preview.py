@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ..consent import has_consent, record_consent
@@ -80,6 +81,15 @@ def operator_contact(username: str, email: str, phone: str = "") -> Contact:
     return contact
 
 
+# The test copies of events (one per operator) are rows of their own, never offered where an
+# operator picks an event to enroll, move or import contacts into.
+TEST_EVENT_PREFIX = "console-test-"
+
+
+def enrollable_events() -> QuerySet[Event]:
+    return Event.objects.filter(status=Event.Status.SCHEDULED).exclude(external_id__startswith=TEST_EVENT_PREFIX)
+
+
 def send_test(template_type: str, channel: str, username: str, email: str, event: Event) -> Message:
     """Through drip.direct.send_direct and the real sender, to the operator, marked
     step_type "test" and sent about a test copy of the event ("[test] <title>"), so the
@@ -91,7 +101,7 @@ def send_test(template_type: str, channel: str, username: str, email: str, event
     with transaction.atomic():
         contact = operator_contact(username, email)
         copy, _ = Event.objects.update_or_create(
-            external_id=f"console-test-{username}",
+            external_id=f"{TEST_EVENT_PREFIX}{username}",
             defaults={"title": f"[test] {event.title}", "starts_at": max(event.starts_at, timezone.now() + timedelta(days=1)),
                       "timezone": event.timezone, "join_url": event.join_url, "recording_url": event.recording_url,
                       "slides_url": event.slides_url, "status": Event.Status.SCHEDULED},

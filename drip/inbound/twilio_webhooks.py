@@ -72,6 +72,10 @@ def twilio_signed(view: Callable[[HttpRequest], HttpResponse]) -> Callable[[Http
     @require_POST
     @wraps(view)
     def checked(request: HttpRequest) -> HttpResponse:
+        if not settings.TWILIO_AUTH_TOKEN:
+            # Nothing can be verified: say what the operator must set, not "bad signature".
+            log.warning("twilio webhook %s refused: TWILIO_AUTH_TOKEN is not set, so no signature can be checked", request.path)
+            return HttpResponseForbidden("TWILIO_AUTH_TOKEN is not configured")
         if not signature_is_valid(request):
             log.warning("twilio webhook %s refused: missing or invalid X-Twilio-Signature", request.path)
             return HttpResponseForbidden("invalid Twilio signature")
