@@ -188,6 +188,18 @@ def test_an_events_page_shows_its_funnel_chart_and_next_due(operator):
     assert "EST" in page or "EDT" in page
 
 
+def test_a_funnel_with_only_a_held_message_left_says_it_waits(operator):
+    event = make_event()
+    registration = register_quietly(make_contact(), event)
+    held_until = timezone.now() + timedelta(hours=5)
+    Message.objects.create(contact=registration.contact, registration=registration, channel=Channel.SMS,
+                           template_type="reengagement", status=Message.Status.QUEUED, next_attempt_at=held_until,
+                           error="held for quiet hours until 08:00 America/New_York")
+    page = text(operator.get(f"/admin/drip/event/{event.pk}/change/"))
+    assert "nothing pending" not in page
+    assert "1 message waiting to be sent" in page
+
+
 def test_the_index_shows_what_needs_attention(operator):
     contact = make_contact()
     Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", status=Message.Status.FAILED,

@@ -89,6 +89,13 @@ def next_due(event: Event) -> dict[str, Any] | None:
     return dict(found) if found else None
 
 
+def waiting_messages(event: Event) -> dict[str, Any] | None:
+    """Messages not yet sent whose steps are done (a retry's backoff, an SMS held for quiet
+    hours): still pending, so "nothing pending" would be wrong."""
+    found = Message.objects.filter(registration__event=event).unsent().aggregate(due=Min("next_attempt_at"), n=Count("id"))
+    return found if found["n"] else None
+
+
 def svg_chart(rows: list[Row]) -> SafeString:
     """Horizontal stacked bars, one per step and channel, scaled to the largest plan."""
     width, label_w, bar_h, gap = 640, 170, 18, 8
@@ -128,6 +135,7 @@ def render(event: Event) -> SafeString:
     context = {
         "rows": rows, "chart": svg_chart(rows), "segments": [name for name, _ in SEGMENTS],
         "next": upcoming and {**upcoming, "due_shown": when(upcoming["due"], event.timezone)},
+        "waiting": (waiting := waiting_messages(event)) and {**waiting, "due_shown": when(waiting["due"], event.timezone)},
     }
     return render_to_string("admin/drip/funnel.html", context)
 
