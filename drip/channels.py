@@ -480,7 +480,10 @@ def _twilio_client() -> Client:
 
 
 class TwilioSmsTransport(Transport):
-    """One request per message; a group of them goes side by side (DRIP_SMS_PARALLEL)."""
+    """One request per message. A send task on its process's main thread (the prefork
+    `worker`) sends a group side by side (DRIP_SMS_PARALLEL), so the process waits for one
+    round trip per group; a task on a threads pool (the `sender_sms` process) already runs
+    beside the others, one request at a time, as many at once as the pool has threads."""
 
     def __init__(self) -> None:
         key = (settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, settings.TWILIO_API_BASE_URL, settings.DRIP_PROVIDER_TIMEOUT)
@@ -488,10 +491,10 @@ class TwilioSmsTransport(Transport):
 
     @property
     def batch_max(self) -> int:  # type: ignore[override]
-        return settings.DRIP_SMS_PARALLEL
+        return settings.DRIP_SMS_PARALLEL if threading.current_thread() is threading.main_thread() else 1
 
     def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
-        if len(items) < 2:
+        if len(items) < 2 or self.batch_max < 2:
             return super().send_many(items)
         # Each thread sends through its own client (_client keeps one per thread): a requests
         # session is not shared between threads.
@@ -573,8 +576,8 @@ _sms_pool_lock = threading.Lock()
 
 
 def _sms_threads() -> ThreadPoolExecutor:
-    """One pool per process, shared by its task threads; a prefork child builds its own
-    (threads do not survive a fork), and a new DRIP_SMS_PARALLEL a new one."""
+    """One pool per process; a prefork child builds its own (threads do not survive a
+    fork), and a new DRIP_SMS_PARALLEL a new one."""
     global _sms_pool
     key = (os.getpid(), settings.DRIP_SMS_PARALLEL)
     with _sms_pool_lock:
