@@ -22,7 +22,7 @@ FINAL = {Message.Status.SENT, Message.Status.FAILED, Message.Status.SKIPPED}
 
 
 def welcome_emails(n: int) -> list[Message]:
-    """n welcome emails due now: one step task, so one send batch (DRIP_SEND_BATCH is 50)."""
+    """n welcome emails due now: one step task, so one send batch (DRIP_SEND_BATCH is 200)."""
     steps_due_together(n, timezone.now(), key="welcome")
     wait_until(lambda: Message.objects.filter(status__in=FINAL).count() == n)
     return list(Message.objects.order_by("id"))
