@@ -569,6 +569,8 @@ def _send_sms(item: tuple[Message, Rendered]) -> Outcome:
         return TwilioSmsTransport().send(*item)
     except TransportError as exc:
         return exc
+    except Exception as exc:  # e.g. building the client: this message's outcome, not the group's
+        return classify(exc)
 
 
 _sms_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None

@@ -40,7 +40,7 @@ def _unnest_insert(model: type[models.Model], rows: Sequence[Row], now: datetime
         if field.attname in given:
             # Values go to psycopg as they are: what these models hold (str, bool, int, aware
             # datetime, None) needs no preparing by the field.
-            arrays.append((f"%s::{field.db_type(connection)}[]", [row[field.attname] for row in rows]))
+            arrays.append((f"%s::{_array_type(field)}[]", [row[field.attname] for row in rows]))
             selected.append(f"u.c{len(arrays)}")
         else:
             constants.append(field.get_db_prep_save(_default(field, now), connection))
@@ -75,12 +75,13 @@ def update_rows(model: type[models.Model], rows: Sequence[Row], condition: str, 
     names = [name for name in rows[0] if name != "id"]
     fields = [f for f in map(model._meta.get_field, names) if isinstance(f, models.Field) and f.concrete]
     assert len(fields) == len(names)  # columns, never relations
+    assert all(row.keys() == rows[0].keys() for row in rows)  # one statement sets the same columns in every row
     if connection.vendor != "postgresql":
         return _update_each(model, rows, fields, condition, condition_params)
     quote = connection.ops.quote_name
     pk = model._meta.pk
     assert pk is not None
-    arrays = [f"%s::{pk.db_type(connection)}[]"] + [f"%s::{f.db_type(connection)}[]" for f in fields]
+    arrays = [f"%s::{pk.db_type(connection)}[]"] + [f"%s::{_array_type(f)}[]" for f in fields]
     aliases = ", ".join(f"c{i}" for i in range(len(arrays)))
     assignments = ", ".join(f"{quote(str(f.column))} = u.c{i}" for i, f in enumerate(fields, start=1))
     table = quote(model._meta.db_table)
@@ -98,7 +99,9 @@ def _update_each(model: type[models.Model], rows: Sequence[Row], fields: list[mo
                  condition_params: Sequence[Any]) -> set[int]:
     quote = connection.ops.quote_name
     assignments = ", ".join(f"{quote(str(f.column))} = %s" for f in fields)
-    sql = f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE id = %s AND {condition}"
+    pk = model._meta.pk
+    assert pk is not None
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {quote(str(pk.column))} = %s AND {condition}"
     updated = set()
     with connection.cursor() as cursor:
         for row in rows:
@@ -107,3 +110,10 @@ def _update_each(model: type[models.Model], rows: Sequence[Row], fields: list[mo
             if cursor.rowcount == 1:
                 updated.add(row["id"])
     return updated
+
+
+def _array_type(field: models.Field) -> str:
+    """The array's element type: `text` for a varchar column, since a cast to `varchar(n)`
+    cuts a longer value silently, where assigning text to the column refuses it."""
+    kind = str(field.db_type(connection))
+    return "text" if kind.startswith("varchar") else kind

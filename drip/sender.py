@@ -51,9 +51,9 @@ MESSAGE_RELATED = ("contact", "registration__event", "step")
 
 def send_batch(message_ids: list[int]) -> None:
     """Claim the batch (one conditional update), load it (one query) and read its consent
-    (one query); then each message is checked, rendered and recorded on its own, and sent
-    alone or with the others its provider takes in one request, so every attempt still
-    leaves its own trace and outcome."""
+    (one query); then each message is checked and rendered on its own, and sent alone or with
+    the others its provider takes in one request (their calls recorded together right before
+    it), so every attempt still leaves its own trace and outcome."""
     now = timezone.now()
     token = uuid.uuid4().hex
     claimed = Message.objects.filter(id__in=message_ids).claim(token, now)
@@ -80,9 +80,10 @@ def send_batch(message_ids: list[int]) -> None:
             _prepare(message, consent, outbox, reached)
         except Exception:
             # Not a provider error (those are classified): the database went away, or a bug.
-            # The messages not yet tried go back to the queue, and those whose call is
-            # recorded go out (only their provider call settles them); this one is left to
-            # the reconciler, which knows from sending_at whether it reached the provider.
+            # The messages not yet tried go back to the queue, and those prepared go out
+            # (recorded first; if the database is gone, they stay claimed with no call
+            # recorded and the reconciler queues them again); this one is left to the
+            # reconciler, which knows from sending_at whether it reached the provider.
             try:
                 _hand_back(batch[index + 1 :])
                 outbox.send()
