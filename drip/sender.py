@@ -100,16 +100,16 @@ class _Ready:
     message: Message
     rendered: Rendered
     log: IdsAdapter
-    # What the guarded write records before the call (to, subject, body...); empty once it
-    # is recorded.
+    # What the guarded write records before the call (to, subject, body...).
     record: dict[str, Any]
+    recorded: bool = False  # the guarded write is made: this message's call may go out
 
 
 class _Outbox:
     """Prepared messages wait here for their guarded write (one statement for all that
     wait) and their provider call: each alone, or up to the transport's `batch_max` in one
-    request. A send batch holds one channel (drip.publish);
-    should it hold two, a change of channel sends what waits first."""
+    request. A send batch holds one channel (drip.publish); should it hold two, a change of
+    channel sends what waits first."""
 
     def __init__(self, consent: ConsentView) -> None:
         self.consent = consent
@@ -205,7 +205,7 @@ def _record_calls(group: list[_Ready]) -> list[_Ready]:
     while it is still ours (this task's claim, no call recorded, not handed to verification).
     A message withdrawn meanwhile (a cancel, a reschedule, a revoked consent) or taken back
     by the reconciler (this task stalled past its grace) is not sent. Returns those to send."""
-    pending = [ready for ready in group if ready.record]
+    pending = [ready for ready in group if not ready.recorded]
     if pending:
         now = timezone.now()
         rows = [{"id": ready.message.id, **ready.record, "sending_at": now, "updated_at": now} for ready in pending]
@@ -217,14 +217,14 @@ def _record_calls(group: list[_Ready]) -> list[_Ready]:
             else:
                 ready.log.info("%s %s no longer ours (withdrawn, or taken back by the reconciler); not sending",
                                ready.message.template_type, ready.message.channel)
-    return [ready for ready in group if not ready.record]
+    return [ready for ready in group if ready.recorded]
 
 
 def _recorded(ready: _Ready, now: datetime) -> None:
     for name, value in ready.record.items():
         setattr(ready.message, name, value)
     ready.message.sending_at = ready.message.updated_at = now
-    ready.record = {}
+    ready.recorded = True
 
 
 def _expired(ready: _Ready) -> bool:
