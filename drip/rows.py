@@ -69,14 +69,14 @@ def update_rows(model: type[models.Model], rows: Sequence[Row], condition: str, 
     """Give each row (its `id`, and values by attname) its own values, only where `condition`
     (SQL on the table's own columns, `%s` for `condition_params`) still holds; returns the
     ids it updated. On PostgreSQL one `UPDATE ... FROM unnest(...)`, a parameter per column;
-    elsewhere one UPDATE per row."""
+    for a single row, or elsewhere, one plain UPDATE per row."""
     if not rows:
         return set()
     names = [name for name in rows[0] if name != "id"]
     fields = [f for f in map(model._meta.get_field, names) if isinstance(f, models.Field) and f.concrete]
     assert len(fields) == len(names)  # columns, never relations
     assert all(row.keys() == rows[0].keys() for row in rows)  # one statement sets the same columns in every row
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or len(rows) == 1:
         return _update_each(model, rows, fields, condition, condition_params)
     quote = connection.ops.quote_name
     pk = model._meta.pk

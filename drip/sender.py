@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F, Field, QuerySet
+from django.db import transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from .channels import Transport, TransportError, transport_for
@@ -47,6 +47,9 @@ CONSENT_MAX_AGE = 1.0
 # Everything the checks and the templates read, in the batch's one load. A funnel message's
 # step belongs to the message's own registration, which is joined once and shared.
 MESSAGE_RELATED = ("contact", "registration__event", "step")
+# A row still held by this task's claim (status sending, its token): each claim sets a new
+# token, so a row the reconciler took over and handed to another task no longer matches.
+CLAIMED = "status = %s AND claim_token = %s"
 
 
 def send_batch(message_ids: list[int]) -> None:
@@ -209,7 +212,7 @@ def _record_calls(group: list[_Ready]) -> list[_Ready]:
     if pending:
         now = timezone.now()
         rows = [{"id": ready.message.id, **ready.record, "sending_at": now, "updated_at": now} for ready in pending]
-        ours = update_rows(Message, rows, "status = %s AND claim_token = %s AND sending_at IS NULL AND verify_at IS NULL",
+        ours = update_rows(Message, rows, f"{CLAIMED} AND sending_at IS NULL AND verify_at IS NULL",
                            [Message.Status.SENDING, pending[0].message.claim_token])
         for ready in pending:
             if ready.message.id in ours:
@@ -267,7 +270,7 @@ def _finish_sent_together(sent: list[tuple[_Ready, str]], sent_at: datetime) -> 
     Returns the ids it recorded."""
     rows = [{"id": ready.message.id, "status": Message.Status.SENT, "provider_message_id": provider_id, "sent_at": sent_at,
              "error": "", "updated_at": sent_at} for ready, provider_id in sent]
-    return update_rows(Message, rows, "status = %s AND claim_token = %s", [Message.Status.SENDING, sent[0][0].message.claim_token])
+    return update_rows(Message, rows, CLAIMED, [Message.Status.SENDING, sent[0][0].message.claim_token])
 
 
 def _held_for_quiet_hours(message: Message, log: IdsAdapter) -> bool:
@@ -341,25 +344,11 @@ def _mine(message: Message) -> MessageQuerySet:
 
 
 def _finish(message: Message, status: str, **fields: Any) -> bool:
-    return _write(message, status=status, **fields)
-
-
-def _write(message: Message, **fields: Any) -> bool:
-    """`_mine(message).update(**fields)` as one plain UPDATE: a message's outcome when it is
-    its own (a lone send, a skip, a retry). Building the same statement through the ORM each
-    time was a fifth of the sender's CPU (bench/README.md)."""
-    fields["updated_at"] = timezone.now()
-    columns = [Message._meta.get_field(name) for name in fields]
-    assert all(isinstance(f, Field) for f in columns)  # concrete columns, never relations
-    assignments = ", ".join(f"{connection.ops.quote_name(str(f.column))} = %s" for f in columns)  # type: ignore[union-attr]
-    values = [f.get_db_prep_save(value, connection) for f, value in zip(columns, fields.values(), strict=True)]  # type: ignore[union-attr]
-    where = "id = %s AND status = %s AND claim_token = %s"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Message._meta.db_table} SET {assignments} WHERE {where}",
-            [*values, message.id, Message.Status.SENDING, message.claim_token],
-        )
-        return cursor.rowcount == 1
+    """A message's own outcome (a lone send, a skip, a failure) while this task's claim holds,
+    as one plain UPDATE: building it through the ORM each time was a fifth of the sender's CPU
+    (bench/README.md)."""
+    row = {"id": message.id, "status": status, **fields, "updated_at": timezone.now()}
+    return bool(update_rows(Message, [row], CLAIMED, [Message.Status.SENDING, message.claim_token]))
 
 
 def retry_delay(attempt: int) -> float:

@@ -215,13 +215,13 @@ DRIP_SEND_BATCH_SECONDS = env_float("DRIP_SEND_BATCH_SECONDS", 2.0, minimum=0.1)
 # Most emails in one provider request where the backend has a batch endpoint (Postmark's
 # /email/batch takes up to 500); a send task's batch (DRIP_SEND_BATCH) bounds it as well.
 DRIP_EMAIL_BATCH_MAX = int(env_float("DRIP_EMAIL_BATCH_MAX", 500, minimum=1))
+if DRIP_EMAIL_BATCH_MAX > 500:
+    raise ImproperlyConfigured("DRIP_EMAIL_BATCH_MAX must be at most 500 (Postmark's limit per batch).")
 # Twilio takes one message per request: a send task of the prefork `worker` makes up to this
 # many SMS requests side by side (threads of its own), so a process waits for one round trip
 # per group instead of one per message. 1 sends them one after the other. (A threads-pool
 # process, `sender_sms`, sends one per thread: its threads already run side by side.)
 DRIP_SMS_PARALLEL = int(env_float("DRIP_SMS_PARALLEL", 8, minimum=1))
-if DRIP_EMAIL_BATCH_MAX > 500:
-    raise ImproperlyConfigured("DRIP_EMAIL_BATCH_MAX must be at most 500 (Postmark's limit per batch).")
 DRIP_SEND_MAX_ATTEMPTS = int(env_float("DRIP_SEND_MAX_ATTEMPTS", 5, minimum=1))
 DRIP_RETRY_BASE_DELAY = env_float("DRIP_RETRY_BASE_DELAY", 10.0, minimum=0)
 DRIP_RETRY_MAX_DELAY = env_float("DRIP_RETRY_MAX_DELAY", 600.0, minimum=0)
