@@ -28,7 +28,6 @@ from anymail.utils import get_anymail_setting
 from django.conf import settings
 from django.core.mail import get_connection
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 from urllib3.exceptions import ProtocolError
 
@@ -36,6 +35,7 @@ from .inbound.email_reports import METADATA_KEY
 from .inbound.tokens import unsubscribe_url
 from .models import Channel, Message
 from .rendering import Rendered
+from .twilio_http import LeanTwilioHttpClient
 
 log = logging.getLogger("drip.channels")
 T = TypeVar("T")
@@ -471,7 +471,7 @@ class ConsoleSmsTransport(Transport):
 def _twilio_client() -> Client:
     client = Client(
         settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN,
-        http_client=TwilioHttpClient(timeout=settings.DRIP_PROVIDER_TIMEOUT, pool_connections=True),
+        http_client=LeanTwilioHttpClient(timeout=settings.DRIP_PROVIDER_TIMEOUT, pool_connections=True),
     )
     # A loopback stub in tests, a regional endpoint or proxy in production.
     client.api.base_url = settings.TWILIO_API_BASE_URL
