@@ -514,6 +514,10 @@ class Message(models.Model):
     subject = models.TextField(blank=True)
     body = models.TextField(blank=True)
     html = models.TextField(blank=True)
+    # Set when the step task rendered subject/body/html ahead of the due time: the fingerprint
+    # of what they were rendered from (drip.rendering). The sender uses them as they are only
+    # while that still matches; an SMS's opt-out notice is decided at the send.
+    rendered_from = models.CharField(max_length=32, blank=True)
     # SMS only: what the carrier bills (GSM-7 or UCS-2, and how many segments).
     sms_encoding = models.CharField(max_length=8, blank=True)
     sms_segments = models.PositiveSmallIntegerField(null=True, blank=True)

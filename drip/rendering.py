@@ -3,10 +3,13 @@ in the recipient's time zone. Templates live in templates/messages/<template_typ
 subject.txt, body.txt, body.html (email) and sms.txt (SMS)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -88,14 +91,43 @@ def message_context(message: Message) -> dict[str, Any]:
 
 def render_message(message: Message, numbers_reached: set[str] | None = None) -> Rendered:
     """The message's subject, text and html. `numbers_reached` (numbers_reached_before, for a
-    batch at once) says which numbers an SMS already reached; without it, it is asked here."""
-    env = environment()
+    batch at once) says which numbers an SMS already reached; without it, it is asked here.
+    What the step task rendered ahead (render_ahead) is used when it was rendered from the
+    same data as now; anything changed since (the event, the contact, the templates, the
+    settings shown in messages) renders it again."""
     context = message_context(message)
+    if message.rendered_from and message.rendered_from == _fingerprint(message, context):
+        rendered = Rendered(message.subject, message.body, message.html)
+    else:
+        rendered = _render_templates(message, context)
+    if message.channel == Channel.SMS:
+        # Decided now, not ahead: whether an SMS already reached the number is a fact of
+        # the moment of sending.
+        return Rendered("", with_opt_out_notice(message, rendered.text, numbers_reached), "")
+    return rendered
+
+
+def render_ahead(message: Message) -> None:
+    """Render a message the step task has just planned, ahead of its due time (DRIP_STEP_LEAD),
+    so that at the due instant only the send is left; the fingerprint of what it was rendered
+    from goes with it (render_message checks it). A template that cannot render is left to
+    the sender, which fails the message with the reason."""
+    context = message_context(message)
+    try:
+        rendered = _render_templates(message, context)
+    except Exception:  # RenderError or a bug: the sender renders it again and records why
+        return
+    message.subject, message.body, message.html = rendered.subject, rendered.text, rendered.html
+    message.rendered_from = _fingerprint(message, context)
+
+
+def _render_templates(message: Message, context: dict[str, Any]) -> Rendered:
+    """The templates alone: an SMS without the opt-out notice (render_message adds it)."""
+    env = environment()
     folder = message.template_type
     try:
         if message.channel == Channel.SMS:
-            text = _render(env, f"{folder}/sms.txt", context).strip()
-            return Rendered("", with_opt_out_notice(message, text, numbers_reached), "")
+            return Rendered("", _render(env, f"{folder}/sms.txt", context).strip(), "")
         subject = " ".join(_render(env, f"{folder}/subject.txt", context).split())
         text = _render(env, f"{folder}/body.txt", context).rstrip() + "\n\n" + _render(env, "_footer.txt", context)
         html = with_html_footer(_render(env, f"{folder}/body.html", context), env, context)
@@ -106,6 +138,23 @@ def render_message(message: Message, numbers_reached: set[str] | None = None) ->
         raise RenderError(f"template {folder} ({message.channel}): {exc.message}") from None
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {folder} ({message.channel}) is broken: {exc}") from None
+
+
+def _fingerprint(message: Message, context: dict[str, Any]) -> str:
+    """What a rendering depends on: the template set, the message's templates and every value
+    the templates can see. Two renderings with the same fingerprint are the same text."""
+    templates = templates_version(str(settings.MESSAGE_TEMPLATES_DIR))
+    seen = json.dumps([templates, message.template_type, message.channel, context], sort_keys=True, default=str)
+    return hashlib.blake2b(seen.encode(), digest_size=16).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def templates_version(folder: str) -> str:
+    """The message templates as this process found them (names, sizes, modification times):
+    a rendering made before a deploy that changed them is made again."""
+    root = Path(folder)
+    files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file())
+    return hashlib.blake2b(repr(files).encode(), digest_size=16).hexdigest()
 
 
 def _render(env: SandboxedEnvironment, name: str, context: dict) -> str:

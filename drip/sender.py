@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -162,8 +163,7 @@ def _prepare(message: Message, consent: ConsentView, outbox: _Outbox, numbers_re
         outbox.send()
         time.sleep(wait)  # a short wait for a slot that is ours
     message.to = message.contact.address_for(message.channel)
-    record = {"to": message.to, "subject": rendered.subject, "body": rendered.text, "html": rendered.html,
-              "rate_slot_at": None, **_sms_length(message, rendered, log)}
+    record = {"to": message.to, **_content_to_record(message, rendered), "rate_slot_at": None, **_sms_length(message, rendered, log)}
     ready = _Ready(message, rendered, log, record)
     if frequency_capped(message):
         # Its place under the cap is taken under the contact's row lock, now: it goes alone.
@@ -172,6 +172,16 @@ def _prepare(message: Message, consent: ConsentView, outbox: _Outbox, numbers_re
             outbox.deliver([ready])
         return
     outbox.add(ready)
+
+
+def _content_to_record(message: Message, rendered: Rendered) -> dict[str, str]:
+    """What will be sent, for the guarded write: nothing when the row already holds it (the
+    step task rendered it ahead, and it is sent as it was rendered), since rewriting an
+    email's HTML only costs the database a copy of it."""
+    content = {"subject": rendered.subject, "body": rendered.text, "html": rendered.html}
+    if all(getattr(message, name) == value for name, value in content.items()):
+        return {}
+    return content
 
 
 def _render(message: Message, log: IdsAdapter, numbers_reached: set[str]) -> Rendered | None:
@@ -211,9 +221,15 @@ def _record_calls(group: list[_Ready]) -> list[_Ready]:
     pending = [ready for ready in group if not ready.recorded]
     if pending:
         now = timezone.now()
-        rows = [{"id": ready.message.id, **ready.record, "sending_at": now, "updated_at": now} for ready in pending]
-        ours = update_rows(Message, rows, f"{CLAIMED} AND sending_at IS NULL AND verify_at IS NULL",
-                           [Message.Status.SENDING, pending[0].message.claim_token])
+        # One statement per set of columns (a message rendered again records its content).
+        alike: dict[tuple[str, ...], list[_Ready]] = defaultdict(list)
+        for ready in pending:
+            alike[tuple(ready.record)].append(ready)
+        ours: set[int] = set()
+        for same in alike.values():
+            rows = [{"id": ready.message.id, **ready.record, "sending_at": now, "updated_at": now} for ready in same]
+            ours |= update_rows(Message, rows, f"{CLAIMED} AND sending_at IS NULL AND verify_at IS NULL",
+                                [Message.Status.SENDING, same[0].message.claim_token])
         for ready in pending:
             if ready.message.id in ours:
                 _recorded(ready, now)

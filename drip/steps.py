@@ -17,6 +17,7 @@ from .logs import step_log
 from .models import EARLY_TOLERANCE, Message, Step
 from .policy import channel_block_reason, step_block
 from .publish import enqueue_sends, enqueue_steps
+from .rendering import render_ahead
 from .rows import insert_rows
 
 STEP_RELATED = ("registration__event", "registration__contact")
@@ -101,21 +102,22 @@ def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
         contact = registration.contact
         for channel in definition.channels:
             reason = channel_block_reason(contact, channel, consent)
-            messages.append(
-                Message(
-                    step=step, contact=contact, registration=registration, channel=channel,
-                    template_type=definition.template_type, to=contact.address_for(channel), purpose=definition.purpose,
-                    status=Message.Status.SKIPPED if reason else Message.Status.QUEUED,
-                    # Prepared ahead (DRIP_STEP_LEAD): not sent before the step is due.
-                    error=reason, expires_at=step.expires_at, next_attempt_at=max(now, step.due_at),
-                )
+            message = Message(
+                step=step, contact=contact, registration=registration, channel=channel,
+                template_type=definition.template_type, to=contact.address_for(channel), purpose=definition.purpose,
+                status=Message.Status.SKIPPED if reason else Message.Status.QUEUED,
+                # Prepared ahead (DRIP_STEP_LEAD): not sent before the step is due.
+                error=reason, expires_at=step.expires_at, next_attempt_at=max(now, step.due_at),
             )
+            if not reason:
+                render_ahead(message)
+            messages.append(message)
     return messages
 
 
 # What _messages_for sets on a Message; insert_rows gives the other columns their defaults.
 MESSAGE_COLUMNS = ("step_id", "contact_id", "registration_id", "channel", "template_type", "to", "purpose", "status",
-                   "error", "expires_at", "next_attempt_at")
+                   "error", "expires_at", "next_attempt_at", "subject", "body", "html", "rendered_from")
 
 
 def _row(message: Message) -> dict[str, object]:

@@ -9,7 +9,9 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
 
 from celery_app import app as celery_app_instance
+from drip.models import Channel
 from tests.helpers import QUEUES, SCALE, Ticker, flush_broker
+from tests.recording import RecordingTransport
 from tests.stubs import ProviderStub
 
 
@@ -81,3 +83,15 @@ def published() -> Iterator[list[tuple[str, list, object]]]:
     before_task_publish.connect(record, weak=False)
     yield seen
     before_task_publish.disconnect(record)
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch, settings) -> RecordingTransport:
+    """Our channel factory hands out the recording transport; no rate limit (no Redis)."""
+    settings.DRIP_RATE_LIMITS = {Channel.EMAIL: 0.0, Channel.SMS: 0.0}
+    settings.DRIP_RETRY_BASE_DELAY = 10.0
+    settings.DRIP_RETRY_MAX_DELAY = 600.0
+    settings.DRIP_SEND_MAX_ATTEMPTS = 5
+    transport = RecordingTransport()
+    monkeypatch.setattr("drip.sender.transport_for", lambda channel: transport)
+    return transport

@@ -29,21 +29,9 @@ from drip.sender import send_batch
 from drip.sms import GSM7, UCS2, sms_segments
 from drip.steps import run_step_batch
 from tests.factories import enroll, make_contact, make_event, register_quietly
-from tests.recording import Call, RecordingTransport
+from tests.recording import Call
 
 TWILIO_URI = "/2010-04-01/Accounts/ACtest/Messages.json"
-
-
-@pytest.fixture
-def recording(monkeypatch: pytest.MonkeyPatch, settings) -> RecordingTransport:
-    """Our channel factory hands out the recording transport; no rate limit (no Redis)."""
-    settings.DRIP_RATE_LIMITS = {Channel.EMAIL: 0.0, Channel.SMS: 0.0}
-    settings.DRIP_RETRY_BASE_DELAY = 10.0
-    settings.DRIP_RETRY_MAX_DELAY = 600.0
-    settings.DRIP_SEND_MAX_ATTEMPTS = 5
-    transport = RecordingTransport()
-    monkeypatch.setattr("drip.sender.transport_for", lambda channel: transport)
-    return transport
 
 
 def direct(channel: str = Channel.EMAIL, template: str = "reminder_24h", contact: Contact | None = None,
