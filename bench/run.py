@@ -28,6 +28,8 @@ from bench.worker import CpuMeter, Ticker, Worker, wait_http, web
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
+# The figures main() can run on their own (--only); the no-op reference runs with dispatch.
+PHASES = {"queries", "fan_out", "dispatch", "api", "slow", "lateness", "memory"}
 STARTED = time.monotonic()
 LOAD_AT_START = producer.loadavg()  # other work on the machine moves every figure
 # make bench must finish in 15 minutes; every wait below is cut to what is left of this. (At
@@ -364,7 +366,7 @@ def measure_dispatch(stub: BenchStub, worker, n_messages: int, lead: float, emai
 def measure_slow_provider(app, stub: BenchStub, worker, worker_env: dict[str, str], n_messages: int, latency: float) -> dict:
     """The dispatch figure for emails, against a provider that takes `latency` seconds to
     answer, as a real one does: the prefork worker alone (its two processes wait on every
-    answer), then with the Procfile's `sender` (a threads worker for the send queues) beside it."""
+    answer), then with the Procfile's `sender_email` (a prefork worker for the email queues) beside it."""
     import socket
 
     from bench.worker import SENDER_ARGS
@@ -380,9 +382,9 @@ def measure_slow_provider(app, stub: BenchStub, worker, worker_env: dict[str, st
         stub.latency = 0.0
         if sender:
             sender.stop()
-    threads = SENDER_ARGS[SENDER_ARGS.index("--concurrency") + 1]
+    processes = SENDER_ARGS[SENDER_ARGS.index("--concurrency") + 1]
     return {
-        "latency_ms": round(latency * 1000), "messages": n_messages, "sender_threads": int(threads),
+        "latency_ms": round(latency * 1000), "messages": n_messages, "sender_processes": int(processes),
         "worker_alone": {k: alone[k] for k in ("messages_per_second", "seconds", "received", "duplicates", "complete")},
         "with_sender": {k: with_sender[k] for k in ("messages_per_second", "seconds", "received", "duplicates", "complete")},
     }
@@ -643,7 +645,7 @@ def table(results: dict) -> str:
             rows.append((f"  for comparison: {eta['tasks']:,} plain ETA tasks", held, "", ""))
     slow = results.get("slow_provider")
     if slow:
-        for label, key in (("prefork worker alone", "worker_alone"), (f"+ sender, {slow['sender_threads']} threads", "with_sender")):
+        for label, key in (("prefork worker alone", "worker_alone"), (f"+ sender_email, {slow['sender_processes']} processes", "with_sender")):
             got = slow[key]
             short = "" if got["complete"] else f" INCOMPLETE: {got['received']} of {slow['messages']}"
             goal, ok = "", ""
@@ -723,7 +725,16 @@ def start_worker(app, name: str, env: dict[str, str]) -> Worker:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the harness (not for the README)")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=PHASES,
+                        help=f"run only these figures (comma-separated: {','.join(sorted(PHASES))}), writing "
+                             "bench/results-only.json and leaving the README alone: for working on one figure")
     args = parser.parse_args()
+    if not args.only <= PHASES:
+        parser.error(f"--only: unknown {sorted(args.only - PHASES)}; choose among {sorted(PHASES)}")
+    partial = args.only != PHASES
+    if partial:
+        global RESULTS
+        RESULTS = HERE / "results-only.json"
     require_own_redis()
     sizes: dict[str, Any] = {"fan_out": (10_000, 100_000), "dispatch": 5000, "noop": 5000, "slow": 5000, "lateness": 1000, "eta": 10_000,
              "settle": 8.0, "enroll": ((200, 10), (1000, 4)), "welcome": 3000, "reminders": (1000, 10_000)}
@@ -763,11 +774,13 @@ def main() -> int:
     }
     from bench.celery_bench import app
 
-    say("queries per sent message (in-process, against the stub)")
-    results["queries"] = measure_queries(stub)
-    say(f"fan-out {sizes['fan_out'][0]:,} registrations")
-    results["fan_out"] = [measure_fan_out(sizes["fan_out"][0])]
-    say(f"fan-out {sizes['fan_out'][0]:,}: {results['fan_out'][0]['seconds']} s")
+    if "queries" in args.only:
+        say("queries per sent message (in-process, against the stub)")
+        results["queries"] = measure_queries(stub)
+    if "fan_out" in args.only:
+        say(f"fan-out {sizes['fan_out'][0]:,} registrations")
+        results["fan_out"] = [measure_fan_out(sizes["fan_out"][0])]
+        say(f"fan-out {sizes['fan_out'][0]:,}: {results['fan_out'][0]['seconds']} s")
 
     world.wipe()
     worker, ticker, web_process = None, None, None
@@ -776,28 +789,33 @@ def main() -> int:
         ticker = Ticker(app).start()
         time.sleep(2)
 
-        say(f"no-op throughput, {sizes['noop']:,} tasks")
-        results["noop"] = measure_noop(app, sizes["noop"], worker)
-        say(f"no-op: {results['noop']['tasks_per_second']} tasks/s")
+        if "dispatch" in args.only or "api" in args.only:  # the reference of both
+            say(f"no-op throughput, {sizes['noop']:,} tasks")
+            results["noop"] = measure_noop(app, sizes["noop"], worker)
+            say(f"no-op: {results['noop']['tasks_per_second']} tasks/s")
 
-        say(f"dispatch, {sizes['dispatch']:,} messages due together")
-        results["dispatch"] = measure_dispatch(stub, worker, sizes["dispatch"], lead=10)
-        say(f"dispatch: {results['dispatch']['messages_per_second']} msg/s")
-        if results["noop"].get("tasks_per_second") and results["dispatch"].get("messages_per_second"):
-            results["ratio"] = round(results["dispatch"]["messages_per_second"] / results["noop"]["tasks_per_second"], 4)
-            results["ratio_ok"] = results["ratio"] >= GOALS["dispatch_ratio"]
-        write_results(results)
+        if "dispatch" in args.only:
+            say(f"dispatch, {sizes['dispatch']:,} messages due together")
+            results["dispatch"] = measure_dispatch(stub, worker, sizes["dispatch"], lead=10)
+            say(f"dispatch: {results['dispatch']['messages_per_second']} msg/s")
+            if results["noop"].get("tasks_per_second") and results["dispatch"].get("messages_per_second"):
+                results["ratio"] = round(results["dispatch"]["messages_per_second"] / results["noop"]["tasks_per_second"], 4)
+                results["ratio_ok"] = results["ratio"] >= GOALS["dispatch_ratio"]
+            write_results(results)
 
-        port = free_port()
-        web_process = web(worker_env, port)
-        wait_http(f"http://127.0.0.1:{port}/api/events/schema")
-        say(f"web up (gunicorn pid {web_process.pid}, workers {web_process.pool_pids()})")
-        results["api"] = measure_from_requests(stub, worker, web_process, f"http://127.0.0.1:{port}", sizes)
-        web_process.stop()
-        web_process = None
-        write_results(results)
+        if "api" in args.only:
+            port = free_port()
+            web_process = web(worker_env, port)
+            wait_http(f"http://127.0.0.1:{port}/api/events/schema")
+            say(f"web up (gunicorn pid {web_process.pid}, workers {web_process.pool_pids()})")
+            results["api"] = measure_from_requests(stub, worker, web_process, f"http://127.0.0.1:{port}", sizes)
+            web_process.stop()
+            web_process = None
+            write_results(results)
 
-        if remaining(reserve=200) > 120:
+        if "slow" not in args.only:
+            pass
+        elif remaining(reserve=200) > 120:
             say(f"dispatch, {sizes['slow']:,} emails, provider answering in 100 ms")
             results["slow_provider"] = slow = measure_slow_provider(app, stub, worker, worker_env, sizes["slow"], 0.1)
             say(f"slow provider: worker alone {slow['worker_alone']['messages_per_second']} msg/s, "
@@ -807,7 +825,7 @@ def main() -> int:
         write_results(results)
 
         results["lateness"] = []
-        for spread in (60.0, 0.0):
+        for spread in (60.0, 0.0) if "lateness" in args.only else ():
             if remaining(reserve=200) < 30 + spread:
                 say(f"lateness (spread {spread:g} s) skipped: out of time")
                 continue
@@ -817,9 +835,10 @@ def main() -> int:
             say(f"lateness: p50 {late.get('p50_ms')} ms, p99 {late.get('p99_ms')} ms")
         write_results(results)
 
-        say("memory")
-        results["memory"], fan_out_big = measure_memory(app, worker, ticker, sizes["fan_out"][1], sizes["eta"], sizes["settle"])
-        results["fan_out"].append(fan_out_big)
+        if "memory" in args.only:
+            say("memory")
+            results["memory"], fan_out_big = measure_memory(app, worker, ticker, sizes["fan_out"][1], sizes["eta"], sizes["settle"])
+            results.setdefault("fan_out", []).append(fan_out_big)
     finally:
         if web_process:
             web_process.stop()
@@ -836,7 +855,7 @@ def main() -> int:
     results["loadavg"] = {"start": LOAD_AT_START, "end": producer.loadavg()}
     results["table"] = table(results).splitlines()
     write_results(results)
-    if not args.quick:
+    if not args.quick and not partial:
         load = f"; load average {LOAD_AT_START} at the start, {results['loadavg']['end']} at the end (2 cores)"
         update_readme(table(results), results["generated_at"], results["duration_seconds"], load)
     print(table(results))

@@ -17,8 +17,8 @@ LOG_DIR = Path(__file__).resolve().parent / "logs"
 # named explicitly; concurrency 2 because this machine has 2 cores.
 WORKER_ARGS = ["worker", "--queues", "control,steps,email,sms,messages", "--pool", "prefork", "--concurrency", "2",
                "--loglevel", "WARNING"]
-# The Procfile's sender line: threads for the messages queue, which mostly waits on providers.
-SENDER_ARGS = ["worker", "--queues", "email,sms,messages", "--pool", "threads", "--concurrency", "16",
+# The Procfile's sender_email line (prefork, DRIP_EMAIL_SENDERS processes by default).
+SENDER_ARGS = ["worker", "--queues", "email,messages", "--pool", "prefork", "--concurrency", "4",
                "--hostname", "sender@%h", "--loglevel", "WARNING"]
 
 

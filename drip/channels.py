@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
@@ -193,18 +194,40 @@ def _lookup_failed(exc: Exception, provider: str) -> Lookup:
     return Lookup.cannot_tell(f"{provider} lookup failed: {type(exc).__name__}: {exc}", retry=transient)
 
 
+# A group of one-request-per-message sends shares one guarded write before its calls and one
+# outcome write after them: this many rounds of `parallel` requests. With a group of one
+# round, the two statements were about a tenth of an SMS's cost.
+ROUNDS_PER_GROUP = 4
+
+
 class Transport:
-    # Messages one provider request can carry: the sender gathers this many before calling
-    # `send_many`.
-    batch_max = 1
+    # Requests made side by side (threads of the process, each with its own client) by a send
+    # task on its process's main thread (the prefork `worker` and `sender_email`), so the
+    # process waits for one round trip per `parallel` messages; a task on a threads pool
+    # (`sender_sms`) already runs beside the others and sends one at a time.
+    parallel = 1
+
+    @property
+    def batch_max(self) -> int:
+        """Messages the sender gathers for one `send_many`: what one provider request carries
+        (1 here), or a group of requests made side by side."""
+        return self._side_by_side() * ROUNDS_PER_GROUP if self._side_by_side() > 1 else 1
+
+    def _side_by_side(self) -> int:
+        return self.parallel if threading.current_thread() is threading.main_thread() else 1
 
     def send(self, message: Message, rendered: Rendered) -> str:
         """Send and return the provider's message id, or raise TransportError."""
         raise NotImplementedError
 
     def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
-        """Every message's outcome, in order. Here one request each; a transport whose
-        provider takes several messages in one request sends them together."""
+        """Every message's outcome, in order. Here one request each (side by side where the
+        transport allows it); a transport whose provider takes several messages in one
+        request sends them together."""
+        if len(items) > 1 and self._side_by_side() > 1:
+            # Each thread sends through its own transport, and so its own client (_client
+            # keeps one per thread): a requests session is not shared between threads.
+            return list(_request_threads(self.parallel).map(partial(_send_alone, type(self)), items))
         outcomes: list[Outcome] = []
         for message, rendered in items:
             try:
@@ -269,8 +292,14 @@ class EmailTransport(Transport):
     With Postmark, several messages go in one `/email/batch` request."""
 
     @property
-    def batch_max(self) -> int:  # type: ignore[override]
-        return settings.DRIP_EMAIL_BATCH_MAX if _batches_postmark(self._connection()) else 1
+    def batch_max(self) -> int:
+        return settings.DRIP_EMAIL_BATCH_MAX if _batches_postmark(self._connection()) else super().batch_max
+
+    @property
+    def parallel(self) -> int:  # type: ignore[override]
+        """An ESP's API that takes one email per request is called side by side; the console
+        and SMTP backends one after the other."""
+        return settings.DRIP_EMAIL_PARALLEL if settings.EMAIL_BACKEND.startswith("anymail.") else 1
 
     def _connection(self) -> Any:
         key = (settings.EMAIL_BACKEND, repr(sorted(settings.ANYMAIL.items())), settings.DRIP_PROVIDER_TIMEOUT)
@@ -312,7 +341,7 @@ class EmailTransport(Transport):
     def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
         connection = self._connection()
         if len(items) < 2 or not _batches_postmark(connection):
-            return super().send_many(items)
+            return super().send_many(items)  # one request each
         # Each message's JSON is anymail's own `/email` payload; one that cannot be built
         # (an address anymail refuses) fails alone.
         built = self._postmark_payloads(connection, items)
@@ -366,8 +395,9 @@ class EmailTransport(Transport):
 
 
 def _batches_postmark(connection: Any) -> bool:
-    # Postmark's bulk API (POSTMARK_USE_BULK_API) is another endpoint: one message each then.
-    return isinstance(connection, PostmarkBackend) and not connection.use_bulk_api
+    # Postmark's bulk API (POSTMARK_USE_BULK_API) is another endpoint, and a batch of one is
+    # no batch: one message per request then.
+    return isinstance(connection, PostmarkBackend) and not connection.use_bulk_api and settings.DRIP_EMAIL_BATCH_MAX > 1
 
 
 class _PostmarkBatch:
@@ -479,34 +509,17 @@ def _twilio_client() -> Client:
     return client
 
 
-# A group of SMS shares one guarded write before its calls and one outcome write after them:
-# this many rounds of DRIP_SMS_PARALLEL requests. With a group of one round, the two
-# statements were about a tenth of an SMS's cost.
-SMS_ROUNDS_PER_GROUP = 4
-
-
 class TwilioSmsTransport(Transport):
-    """One request per message. A send task on its process's main thread (the prefork
-    `worker`) sends a group DRIP_SMS_PARALLEL at a time, so the process waits for one round
-    trip per DRIP_SMS_PARALLEL messages; a task on a threads pool (the `sender_sms` process) already runs
-    beside the others, one request at a time, as many at once as the pool has threads."""
+    """One request per message (Twilio has no batch), side by side (DRIP_SMS_PARALLEL) from a
+    prefork process; see Transport.parallel."""
 
     def __init__(self) -> None:
         key = (settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, settings.TWILIO_API_BASE_URL, settings.DRIP_PROVIDER_TIMEOUT)
         self.client = _client("twilio", key, _twilio_client)
 
     @property
-    def batch_max(self) -> int:  # type: ignore[override]
-        if threading.current_thread() is not threading.main_thread():
-            return 1
-        return settings.DRIP_SMS_PARALLEL * SMS_ROUNDS_PER_GROUP
-
-    def send_many(self, items: Sequence[tuple[Message, Rendered]]) -> list[Outcome]:
-        if len(items) < 2 or self.batch_max < 2:
-            return super().send_many(items)
-        # Each thread sends through its own client (_client keeps one per thread): a requests
-        # session is not shared between threads.
-        return list(_sms_threads().map(_send_sms, items))
+    def parallel(self) -> int:  # type: ignore[override]
+        return settings.DRIP_SMS_PARALLEL
 
     def send(self, message: Message, rendered: Rendered) -> str:
         sender = (
@@ -572,30 +585,27 @@ def match_twilio_messages(found: Iterable[Any], message: Message, service: str =
     return Lookup.not_found()
 
 
-def _send_sms(item: tuple[Message, Rendered]) -> Outcome:
+def _send_alone(kind: type[Transport], item: tuple[Message, Rendered]) -> Outcome:
     try:
-        return TwilioSmsTransport().send(*item)
+        return kind().send(*item)
     except TransportError as exc:
         return exc
     except Exception as exc:  # e.g. building the client: this message's outcome, not the group's
         return classify(exc)
 
 
-_sms_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
-_sms_pool_lock = threading.Lock()
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
-def _sms_threads() -> ThreadPoolExecutor:
-    """One pool per process; a prefork child builds its own (threads do not survive a
-    fork), and a new DRIP_SMS_PARALLEL a new one."""
-    global _sms_pool
-    key = (os.getpid(), settings.DRIP_SMS_PARALLEL)
-    with _sms_pool_lock:
-        if _sms_pool is None or _sms_pool[0] != key:
-            if _sms_pool is not None and _sms_pool[0][0] == key[0]:
-                _sms_pool[1].shutdown(wait=False)
-            _sms_pool = (key, ThreadPoolExecutor(settings.DRIP_SMS_PARALLEL, thread_name_prefix="drip-sms"))
-        return _sms_pool[1]
+def _request_threads(size: int) -> ThreadPoolExecutor:
+    """One pool per size and process: a prefork child builds its own (threads do not
+    survive a fork)."""
+    key = (os.getpid(), size)
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(size, thread_name_prefix="drip-send")
+        return _pools[key]
 
 
 def transport_for(channel: str) -> Transport:

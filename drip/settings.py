@@ -217,11 +217,15 @@ DRIP_SEND_BATCH_SECONDS = env_float("DRIP_SEND_BATCH_SECONDS", 2.0, minimum=0.1)
 DRIP_EMAIL_BATCH_MAX = int(env_float("DRIP_EMAIL_BATCH_MAX", 500, minimum=1))
 if DRIP_EMAIL_BATCH_MAX > 500:
     raise ImproperlyConfigured("DRIP_EMAIL_BATCH_MAX must be at most 500 (Postmark's limit per batch).")
-# Twilio takes one message per request: a send task of the prefork `worker` makes up to this
-# many SMS requests side by side (threads of its own), so a process waits for one round trip
-# per group instead of one per message. 1 sends them one after the other. (A threads-pool
-# process, `sender_sms`, sends one per thread: its threads already run side by side.)
+# Twilio takes one message per request: a send task of a prefork process (`worker`,
+# `sender_email`) makes up to this many SMS requests side by side (threads of its own), so a
+# process waits for one round trip per group instead of one per message. 1 sends them one
+# after the other. (A threads-pool process, `sender_sms`, sends one per thread: its threads
+# already run side by side.)
 DRIP_SMS_PARALLEL = int(env_float("DRIP_SMS_PARALLEL", 8, minimum=1))
+# The same for an ESP whose API takes one email per request (every anymail backend but
+# Postmark's, whose batch endpoint takes a whole send batch in one request).
+DRIP_EMAIL_PARALLEL = int(env_float("DRIP_EMAIL_PARALLEL", 8, minimum=1))
 DRIP_SEND_MAX_ATTEMPTS = int(env_float("DRIP_SEND_MAX_ATTEMPTS", 5, minimum=1))
 DRIP_RETRY_BASE_DELAY = env_float("DRIP_RETRY_BASE_DELAY", 10.0, minimum=0)
 DRIP_RETRY_MAX_DELAY = env_float("DRIP_RETRY_MAX_DELAY", 600.0, minimum=0)

@@ -31,8 +31,10 @@ export DEBUG="${DEBUG:-1}"
 if [ "$DEBUG" = "1" ]; then export DRIP_API_TOKEN="${DRIP_API_TOKEN:-dev-token}"; fi
 # The demo superuser's password is public: listen on loopback only unless told otherwise.
 export WEB_BIND="${WEB_BIND:-127.0.0.1}"
-# A few sender threads are plenty for the console backends of a demo (16 in production).
+# A few sender threads and one email sender process are plenty for the console backends of
+# a demo (16 and 4 in production).
 export DRIP_SENDER_THREADS="${DRIP_SENDER_THREADS:-4}"
+export DRIP_EMAIL_SENDERS="${DRIP_EMAIL_SENDERS:-1}"
 # Flower reads FLOWER_BASIC_AUTH itself too, and an empty one would lock everybody out.
 if [ -z "${FLOWER_BASIC_AUTH:-}" ]; then unset FLOWER_BASIC_AUTH; fi
 
@@ -48,6 +50,7 @@ values = {
     "REDIS_URL": os.environ["REDIS_URL"],
     "WEB_BIND": os.environ["WEB_BIND"],
     "DRIP_SENDER_THREADS": os.environ["DRIP_SENDER_THREADS"],
+    "DRIP_EMAIL_SENDERS": os.environ["DRIP_EMAIL_SENDERS"],
 }
 lines = [
     "# Development settings, written by `make run` on first run and read by every process",

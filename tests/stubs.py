@@ -201,6 +201,8 @@ class ProviderStub:
         # Twilio requests being answered now, and the most there were at once since reset.
         self.sms_in_flight = 0
         self.sms_most_in_flight = 0
+        self.email_in_flight = 0
+        self.email_most_in_flight = 0
         self.released = threading.Event()
         self.lock = threading.Lock()
         self.server, self.url = serve_provider_api(self)
@@ -220,6 +222,7 @@ class ProviderStub:
             self.modes = {"email": [], "sms": []}
             self.lookups = []
             self.sms_most_in_flight = 0
+            self.email_most_in_flight = 0
             self.released.set()  # hung requests answer 503 now, recording nothing
             self.released = threading.Event()
 
@@ -288,6 +291,16 @@ class ProviderStub:
             self.refused[to] = error_code
 
     def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.email_in_flight += 1
+            self.email_most_in_flight = max(self.email_most_in_flight, self.email_in_flight)
+        try:
+            return self._postmark_answer(raw)
+        finally:
+            with self.lock:
+                self.email_in_flight -= 1
+
+    def _postmark_answer(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
         with self.lock:
             self.email_requests.append(("email", 1))

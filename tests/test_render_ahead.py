@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from drip.models import Channel, Message
 from drip.rendering import render_message, templates_version
@@ -16,7 +17,7 @@ from tests.recording import RecordingTransport
 from tests.test_fast_sender import fresh, funnel_messages
 
 
-def _reminders(title: str = "Tea time", **contact: object) -> tuple[Message, Message]:
+def _reminders(title: str = "Tea time", **contact: Any) -> tuple[Message, Message]:
     registration = enroll(make_contact(**contact), make_event(starts_in=3600 * 30, title=title))
     email, sms = funnel_messages(registration, "reminder_24h")
     assert (email.channel, sms.channel) == (Channel.EMAIL, Channel.SMS)
@@ -43,6 +44,7 @@ def test_the_step_task_renders_its_messages_and_the_sender_sends_that(db, record
 
 def test_an_event_changed_after_the_step_task_is_rendered_again(db, recording: RecordingTransport) -> None:
     email, sms = _reminders()
+    assert email.registration is not None
     event = email.registration.event
     event.title, event.join_url = "Tea time (new room)", "https://example.com/room-2"
     event.save()

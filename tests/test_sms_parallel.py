@@ -1,7 +1,8 @@
 """Twilio takes one message per request: a send task of the prefork worker makes its SMS
 requests side by side (DRIP_SMS_PARALLEL), through the real twilio client against the
 loopback stub; each message keeps its own outcome. A task on a threads pool (sender_sms)
-sends one at a time: its threads already run beside each other."""
+sends one at a time: its threads already run beside each other. An ESP that takes one email
+per request is called the same way (DRIP_EMAIL_PARALLEL)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import time
 
 from django.utils import timezone
 
-from drip.channels import TransportError, TwilioSmsTransport
+from drip.channels import EmailTransport, TransportError, TwilioSmsTransport
 from drip.models import Channel, Message
 from drip.rendering import Rendered
 from tests.factories import make_contact, steps_due_together
@@ -81,3 +82,29 @@ def test_the_prefork_worker_sends_a_batch_of_sms_side_by_side(transactional_db, 
     received = {r.to: r.provider_id for r in providers.messages("sms")}
     for message in messages:
         assert message.provider_message_id == received[message.to] and message.sending_at <= message.sent_at
+
+
+def test_an_esp_without_a_batch_endpoint_gets_its_emails_side_by_side(db, providers, settings):
+    """Postmark with batches of one stands for any anymail ESP that takes one email per request."""
+    settings.DRIP_EMAIL_BATCH_MAX = 1
+    settings.DRIP_EMAIL_PARALLEL = 4
+    providers.slow_down(0.3)
+    items = []
+    for _ in range(8):
+        contact = make_contact()
+        message = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="reminder_1h", to=contact.email)
+        items.append((message, Rendered(f"Soon, {contact.first_name}", "Starts soon.", "")))
+    transport = EmailTransport()
+    assert transport.batch_max == 4 * 4  # four rounds of four requests share the sender's writes
+    started = time.monotonic()
+    outcomes = transport.send_many(items)
+    took = time.monotonic() - started
+    assert providers.email_most_in_flight == 4 and providers.email_requests == [("email", 1)] * 8
+    assert took < 8 * 0.3 * 0.75, f"8 emails at 0.3 s each took {took:.2f} s: not side by side"
+    ids = {r.to: r.provider_id for r in providers.messages("email")}
+    assert [ids[message.to] for message, _ in items] == outcomes
+
+
+def test_the_console_email_backend_prints_one_after_the_other(db, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert EmailTransport().parallel == 1 and EmailTransport().batch_max == 1
