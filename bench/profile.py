@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 # listed apart and subtracted where said.
 STAGES = {
     "step task: claim, load, checks, insert messages": ("drip/steps.py", "run_step_batch"),
-    "send: claim + load the batch": ("drip/models.py", "claim"),
+    "send: claim the batch": ("drip/models.py", "claim"),
+    "send: load the batch (one query, five tables)": ("drip/sender.py", "_load_batch"),
     "send: checks (consent, expiry, event)": ("drip/policy.py", "message_block"),
     "send: render": ("drip/sender.py", "_render"),
     "send: the guarded write before the call": ("drip/sender.py", "_record_calls"),

@@ -645,7 +645,8 @@ def table(results: dict) -> str:
             rows.append((f"  for comparison: {eta['tasks']:,} plain ETA tasks", held, "", ""))
     slow = results.get("slow_provider")
     if slow:
-        for label, key in (("prefork worker alone", "worker_alone"), (f"+ sender_email, {slow['sender_processes']} processes", "with_sender")):
+        sender = f"+ sender_email, {slow['sender_processes']} processes"
+        for label, key in (("prefork worker alone", "worker_alone"), (sender, "with_sender")):
             got = slow[key]
             short = "" if got["complete"] else f" INCOMPLETE: {got['received']} of {slow['messages']}"
             goal, ok = "", ""

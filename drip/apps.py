@@ -9,6 +9,7 @@ class DripConfig(AppConfig):
         from anymail.signals import tracking
         from django.core import checks
 
+        from . import dbtime
         from .health import connect_signals
         from .inbound.checks import compliance_checks, deploy_checks
         from .inbound.email_reports import on_tracking
@@ -17,5 +18,7 @@ class DripConfig(AppConfig):
         tracking.connect(on_tracking, dispatch_uid="drip.inbound.on_tracking")
         checks.register(compliance_checks, "drip")
         checks.register(deploy_checks, "drip", deploy=True)
+        # timestamptz columns read by psycopg's C loader (drip/dbtime.py).
+        dbtime.connect()
         # Workers leave a heartbeat in Redis for /healthz (drip/health.py).
         connect_signals()

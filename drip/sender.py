@@ -63,10 +63,7 @@ def send_batch(message_ids: list[int]) -> None:
     claimed = Message.objects.filter(id__in=message_ids).claim(token, now)
     if not claimed:
         return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
-    batch = list(Message.objects.select_related(*MESSAGE_RELATED).filter(id__in=message_ids, claim_token=token))
-    for message in batch:
-        if message.step is not None and message.registration is not None and message.step.registration_id == message.registration_id:
-            message.step.registration = message.registration
+    batch = _load_batch(message_ids, token)
     consent = ConsentView((m.contact_id for m in batch), max_age=CONSENT_MAX_AGE)
     outbox = _Outbox(consent)
     numbers = [sms_number(m) for m in batch if m.channel == Channel.SMS]
@@ -95,6 +92,16 @@ def send_batch(message_ids: list[int]) -> None:
                 message_log(message).exception("could not hand back the rest of the batch")
             raise
     outbox.send()
+
+
+def _load_batch(message_ids: list[int], token: str) -> list[Message]:
+    """The rows this task claimed, with everything the checks and the templates read, in one
+    query; a funnel message's step shares the message's registration object."""
+    batch = list(Message.objects.select_related(*MESSAGE_RELATED).filter(id__in=message_ids, claim_token=token))
+    for message in batch:
+        if message.step is not None and message.registration is not None and message.step.registration_id == message.registration_id:
+            message.step.registration = message.registration
+    return batch
 
 
 @dataclass
