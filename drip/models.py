@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -215,6 +215,19 @@ def held_by_field() -> models.ForeignKey:
     )
 
 
+def _hold(rows: models.QuerySet[Any], worker_id: int) -> int:
+    """These rows, but for those another transaction holds locked. A worker's holds
+    (drip/workers.py) are written the moment its consumer receives a task, and a task that
+    arrives at its due time is already running in a pool process: its transaction locks the
+    same rows in its own order while the hold's UPDATE locks them in another, and PostgreSQL
+    broke the deadlock by failing the step task (its steps then waited for the reconciler's
+    grace, two minutes). A locked row is being run or claimed right now, so its hold is not
+    needed; the hold skips it rather than wait for it (a no-op on SQLite)."""
+    with transaction.atomic():  # FOR UPDATE, even in a subquery, needs one
+        free = rows.select_for_update(skip_locked=True).values("pk")
+        return rows.model._base_manager.filter(pk__in=free).update(held_by=worker_id)
+
+
 class StepQuerySet(models.QuerySet["Step"]):
     """Every change of a step's status has a name here; each is one conditional UPDATE, so
     of two processes racing for a row exactly one wins, and the count says which."""
@@ -236,8 +249,9 @@ class StepQuerySet(models.QuerySet["Step"]):
         return self.update(status=Step.Status.ENQUEUED, enqueued_at=now, claim_token=token, held_by=None)
 
     def hold(self, worker_id: int) -> int:
-        """A worker received a task for these steps (an ETA task waits in its memory)."""
-        return self.filter(status__in=[Step.Status.ENQUEUED, Step.Status.RUNNING]).update(held_by=worker_id)
+        """A worker received a task for these steps (an ETA task waits in its memory). Rows
+        another transaction holds locked are skipped, never waited for (see `_hold`)."""
+        return _hold(self.filter(status__in=[Step.Status.ENQUEUED, Step.Status.RUNNING]), worker_id)
 
     def start_run(self, token: str, now: datetime, ready_until: datetime) -> int:
         """enqueued → running, for a step task; only steps due by `ready_until` (now, plus
@@ -376,8 +390,9 @@ class MessageQuerySet(models.QuerySet["Message"]):
         )
 
     def hold(self, worker_id: int) -> int:
-        """A worker received a send task for these (an ETA retry, or a batch about to run)."""
-        return self.unsent().exclude(claim_token=HELD).update(held_by=worker_id)
+        """A worker received a send task for these (an ETA retry, or a batch about to run).
+        Rows another transaction holds locked are skipped, never waited for (`_hold`)."""
+        return _hold(self.unsent().exclude(claim_token=HELD), worker_id)
 
     def take_back_from(self, workers: list[int], token: str, now: datetime) -> int:
         """Held by a dead worker and not at a provider → queued under `token` (so this run

@@ -9,16 +9,17 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+import pytest
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings as django_settings
-from django.db import connections
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from celery_app import uses_rabbitmq
 from drip import failover
-from drip.models import Message, Step, Worker
+from drip.models import Channel, Message, Step, Worker
 from drip.publish import broker_was_reset
-from tests.factories import enroll, make_contact, make_event
+from tests.factories import enroll, make_contact, make_event, steps_due_together
 from tests.helpers import QUEUES, Ticker, assert_each_sent_once, flush_broker, settled, wait_for_worker, wait_until, worker_process
 
 # 1 h of funnel time is 1 s. The reconciler's grace stays at its default (120 s): what
@@ -168,3 +169,37 @@ def test_two_failovers_racing_publish_each_row_once_and_leave_provider_calls_alo
     assert Worker.objects.filter(failed_over_at__isnull=False).count() == 1
     assert failover.fail_over_dead_workers()["dead_workers"] == 0  # taken over once
     flush_broker()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks are PostgreSQL's")
+def test_a_hold_never_waits_for_rows_a_running_task_has_locked(transactional_db):
+    """A task received at its due time runs at once in a pool process while its worker's
+    holds thread marks its rows: the hold skips what the task has locked, so the two can never
+    deadlock (PostgreSQL used to break one by failing the step task)."""
+    steps = steps_due_together(2, timezone.now())
+    Step.objects.filter(pk__in=[s.pk for s in steps]).update(status=Step.Status.ENQUEUED)
+    messages = [Message.objects.create(contact=s.registration.contact, channel=Channel.EMAIL, template_type="welcome") for s in steps]
+    worker = Worker.objects.create(name="w@host", started_at=timezone.now(), seen_at=timezone.now())
+    locked, release = threading.Event(), threading.Event()
+
+    def task() -> None:
+        with transaction.atomic():
+            list(Step.objects.select_for_update().filter(pk=steps[0].pk))
+            list(Message.objects.select_for_update().filter(pk=messages[0].pk))
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    running = threading.Thread(target=task)
+    running.start()
+    assert locked.wait(5)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")  # waiting would fail the test, not hang it
+        assert Step.objects.filter(pk__in=[s.pk for s in steps]).hold(worker.pk) == 1
+        assert Message.objects.filter(pk__in=[m.pk for m in messages]).hold(worker.pk) == 1
+    finally:
+        release.set()
+        running.join()
+    assert list(Step.objects.order_by("pk").values_list("held_by", flat=True)) == [None, worker.pk]
+    assert list(Message.objects.order_by("pk").values_list("held_by", flat=True)) == [None, worker.pk]
