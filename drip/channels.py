@@ -194,10 +194,10 @@ def _lookup_failed(exc: Exception, provider: str) -> Lookup:
     return Lookup.cannot_tell(f"{provider} lookup failed: {type(exc).__name__}: {exc}", retry=transient)
 
 
-# A group of one-request-per-message sends shares one guarded write before its calls and one
-# outcome write after them: this many rounds of `parallel` requests. With a group of one
-# round, the two statements were about a tenth of an SMS's cost.
-ROUNDS_PER_GROUP = 4
+# One-request-per-message sends made side by side are gathered in groups of this many, which
+# share one guarded write before their calls and one outcome write after them (with a group
+# of one round of requests, the two statements were about a tenth of an SMS's cost).
+GROUP_SIZE = 32
 
 
 class Transport:
@@ -211,7 +211,7 @@ class Transport:
     def batch_max(self) -> int:
         """Messages the sender gathers for one `send_many`: what one provider request carries
         (1 here), or a group of requests made side by side."""
-        return self._side_by_side() * ROUNDS_PER_GROUP if self._side_by_side() > 1 else 1
+        return max(GROUP_SIZE, self._side_by_side()) if self._side_by_side() > 1 else 1
 
     def _side_by_side(self) -> int:
         return self.parallel if threading.current_thread() is threading.main_thread() else 1
