@@ -9,7 +9,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -198,11 +199,9 @@ class ProviderStub:
         self.modes: dict[str, list[str]] = {"email": [], "sms": []}
         self.hang_after_accept = 5.0
         self.lookups: list[tuple[str, dict[str, str]]] = []
-        # Twilio requests being answered now, and the most there were at once since reset.
-        self.sms_in_flight = 0
-        self.sms_most_in_flight = 0
-        self.email_in_flight = 0
-        self.email_most_in_flight = 0
+        # Requests of each kind being answered now, and the most there were at once since reset.
+        self.in_flight = {"email": 0, "sms": 0}
+        self.most_in_flight = {"email": 0, "sms": 0}
         self.released = threading.Event()
         self.lock = threading.Lock()
         self.server, self.url = serve_provider_api(self)
@@ -221,8 +220,7 @@ class ProviderStub:
             self.hangs = {}
             self.modes = {"email": [], "sms": []}
             self.lookups = []
-            self.sms_most_in_flight = 0
-            self.email_most_in_flight = 0
+            self.most_in_flight = {"email": 0, "sms": 0}
             self.released.set()  # hung requests answer 503 now, recording nothing
             self.released = threading.Event()
 
@@ -290,15 +288,28 @@ class ProviderStub:
         with self.lock:
             self.refused[to] = error_code
 
-    def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+    @contextmanager
+    def _in_flight(self, kind: str) -> Iterator[None]:
         with self.lock:
-            self.email_in_flight += 1
-            self.email_most_in_flight = max(self.email_most_in_flight, self.email_in_flight)
+            self.in_flight[kind] += 1
+            self.most_in_flight[kind] = max(self.most_in_flight[kind], self.in_flight[kind])
         try:
-            return self._postmark_answer(raw)
+            yield
         finally:
             with self.lock:
-                self.email_in_flight -= 1
+                self.in_flight[kind] -= 1
+
+    @property
+    def sms_most_in_flight(self) -> int:
+        return self.most_in_flight["sms"]
+
+    @property
+    def email_most_in_flight(self) -> int:
+        return self.most_in_flight["email"]
+
+    def _postmark(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        with self._in_flight("email"):
+            return self._postmark_answer(raw)
 
     def _postmark_answer(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
@@ -346,14 +357,8 @@ class ProviderStub:
         return {"To": to, "SubmittedAt": "2026-01-01T00:00:00Z", "MessageID": message_id, "ErrorCode": 0, "Message": "OK"}
 
     def _twilio(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        with self.lock:
-            self.sms_in_flight += 1
-            self.sms_most_in_flight = max(self.sms_most_in_flight, self.sms_in_flight)
-        try:
+        with self._in_flight("sms"):
             return self._twilio_answer(raw)
-        finally:
-            with self.lock:
-                self.sms_in_flight -= 1
 
     def _twilio_answer(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         time.sleep(self.latency)
