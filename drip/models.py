@@ -216,13 +216,16 @@ def held_by_field() -> models.ForeignKey:
 
 
 def _hold(rows: models.QuerySet[Any], worker_id: int) -> int:
-    """These rows, but for those another transaction holds locked. A worker's holds
+    """Mark these rows held by the worker, but for those another transaction holds locked
+    (returns how many were marked). A worker's holds
     (drip/workers.py) are written the moment its consumer receives a task, and a task that
     arrives at its due time is already running in a pool process: its transaction locks the
     same rows in its own order while the hold's UPDATE locks them in another, and PostgreSQL
     broke the deadlock by failing the step task (its steps then waited for the reconciler's
     grace, two minutes). A locked row is being run or claimed right now, so its hold is not
-    needed; the hold skips it rather than wait for it (a no-op on SQLite)."""
+    needed; the hold skips it rather than wait for it (SKIP LOCKED is a no-op on SQLite). A
+    row skipped that way and then left in a dead worker's memory is recovered by the
+    reconciler after its grace instead of by the fast failover."""
     with transaction.atomic():  # FOR UPDATE, even in a subquery, needs one
         free = rows.select_for_update(skip_locked=True).values("pk")
         return rows.model._base_manager.filter(pk__in=free).update(held_by=worker_id)
