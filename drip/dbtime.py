@@ -26,19 +26,25 @@ def _c_loader() -> type | None:
         from psycopg import pq
     except ImportError:
         return None
-    if pq.__impl__ == "python":
-        return None  # no C loader to use: Django's stays
-    from psycopg_binary import _psycopg  # present with the C implementation
+    if pq.__impl__ == "binary":
+        from psycopg_binary import _psycopg
+    elif pq.__impl__ == "c":
+        from psycopg_c import _psycopg  # type: ignore[import-not-found,no-redef]  # the compiled build
+    else:
+        return None  # pure Python: no C loader to use, Django's stays
 
     class UtcTimestamptzLoader(BaseTzLoader):
         """Django's loader on the outside (its `timezone`, which Django's cursor compares with
-        its own); psycopg's C loader doing the work (the C loader cannot be subclassed)."""
+        its own); psycopg's C loader doing the work (the C loader cannot be subclassed), as
+        long as the session's zone is UTC when the cursor is made."""
 
         timezone = UTC
 
         def __init__(self, oid: int, context: Any = None) -> None:
             super().__init__(oid, context)
-            self.load = _psycopg.TimestamptzLoader(oid, context).load  # type: ignore[attr-defined]
+            raw = getattr(context, "connection", None)
+            if raw is not None and raw.info.parameter_status("TimeZone") == "UTC":
+                self.load = _psycopg.TimestamptzLoader(oid, context).load  # type: ignore[attr-defined]
 
     return UtcTimestamptzLoader
 
