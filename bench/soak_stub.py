@@ -1,5 +1,5 @@
 """The chaos soak's provider: one loopback process serving Postmark's `/email` and Twilio's
-`Messages.json` (tests.stubs.serve_provider_api, as the tests and the benchmark), that can be
+`Messages.json` (tests.stubs.serve_provider_api, as the tests), that can be
 told to misbehave for a while.
 
     python -m bench.soak_stub RECEIPTS.jsonl

@@ -22,9 +22,9 @@ import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-from tests.stubs import POOL_NUMBER, postmark_search, twilio_list
+from tests.stubs import POOL_NUMBER, postmark_search, route, twilio_list
 
 
 @dataclass(frozen=True)
@@ -52,27 +52,6 @@ class BenchStub:
 
     def close(self) -> None:
         self.server.close()
-
-    def answer(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
-        """The routes of tests.stubs.serve_provider_api, for the same requests."""
-        url = urlsplit(target)
-        path = url.path.rstrip("/")
-        if method == "POST":
-            if path.endswith("/email"):
-                return self._postmark(raw)
-            if path.endswith("/email/batch"):
-                return self._postmark_batch(raw)
-            if path.endswith("/Messages.json"):
-                return self._twilio(raw)
-        elif method == "GET":
-            params = {k: v[0] for k, v in parse_qs(url.query).items()}
-            if path.endswith("/messages/outbound"):
-                if not headers.get("x-postmark-server-token"):
-                    return 401, {"ErrorCode": 10, "Message": "No Account or Server API tokens were supplied"}
-                return self._postmark_search(params)
-            if path.endswith("/Messages.json"):
-                return self._twilio_list(target, params)
-        return 404, {"error": f"no route {method} {target}"}
 
     def _record(self, receipt: Receipt) -> None:
         with self._lock:
@@ -167,7 +146,7 @@ class _Connection(asyncio.Protocol):
     def _answer(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        status, body = self.stub.answer(method, target, headers, raw)
+        status, body = route(self.stub, method, target, raw, bool(headers.get("x-postmark-server-token")))
         payload = json.dumps(body).encode()
         head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\n\r\n")

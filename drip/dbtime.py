@@ -7,8 +7,9 @@ replaces its tzinfo with Django's. A send batch reads about twenty such columns 
 worker's CPU at a reminder instant (py-spy, bench/README.md). When the session's TimeZone is
 UTC, which is what Django sets with USE_TZ and TIME_ZONE = "UTC", psycopg's C loader already
 returns `datetime.timezone.utc` datetimes: the values Django's loader returns, for a fraction
-of the cost. So on such a connection the C loader is registered in its place, with the
-`timezone` attribute Django's cursor reads to decide whether its own loader is in place.
+of the cost. So where Django expects UTC, a loader is registered in its place that keeps the
+`timezone` attribute Django's cursor reads, and hands each cursor made while the session's
+zone is UTC to the C loader (any other cursor parses as Django's does).
 """
 from __future__ import annotations
 
@@ -55,10 +56,10 @@ UTC_LOADER = _c_loader()
 def use_c_timestamptz_loader(sender: Any, connection: Any, **kwargs: Any) -> None:
     if UTC_LOADER is None or connection.vendor != "postgresql":
         return
-    raw = connection.connection
-    if connection.timezone is not UTC or raw.info.parameter_status("TimeZone") != "UTC":
-        return  # USE_TZ off, or another zone: Django's loader converts, and stays
-    raw.adapters.register_loader(TIMESTAMPTZ, UTC_LOADER)
+    if connection.timezone is not UTC:
+        return  # USE_TZ off, or another zone for Django: its own loader converts, and stays
+    # A session whose zone is not UTC when a cursor is made gets Django's parsing from it.
+    connection.connection.adapters.register_loader(TIMESTAMPTZ, UTC_LOADER)
 
 
 def connect() -> None:

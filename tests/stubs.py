@@ -117,13 +117,36 @@ class Failure:
     body: dict[str, Any]
 
 
+def route(stub: Any, method: str, target: str, raw: bytes, postmark_token: bool) -> tuple[int, Any]:
+    """The providers' routes: Postmark's `/email` and `/email/batch` and Twilio's
+    `.../Messages.json` answered by `stub._postmark(raw)` / `stub._postmark_batch(raw)` /
+    `stub._twilio(raw)`, their lookups (`GET /messages/outbound`, `GET .../Messages.json`) by
+    `stub._postmark_search(params)` / `stub._twilio_list(target, params)`; each gives
+    (status, JSON body). Shared by every stub server (the tests', the soak's, the bench's)."""
+    url = urlsplit(target)
+    path = url.path.rstrip("/")
+    if method == "POST":
+        if path.endswith("/email"):
+            return stub._postmark(raw)
+        if path.endswith("/email/batch"):
+            return stub._postmark_batch(raw)
+        if path.endswith("/Messages.json"):
+            return stub._twilio(raw)
+    elif method == "GET":
+        params = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if path.endswith("/messages/outbound"):
+            if not postmark_token:
+                return 401, {"ErrorCode": 10, "Message": "No Account or Server API tokens were supplied"}
+            return stub._postmark_search(params)
+        if path.endswith("/Messages.json"):
+            return stub._twilio_list(target, params)
+    return 404, {"error": f"no route {method} {target}"}
+
+
 def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[ThreadingHTTPServer, str]:
-    """Serve Postmark's `/email` and `/email/batch` and Twilio's `.../Messages.json` on a
-    free loopback port, answering with `stub._postmark(raw)` / `stub._postmark_batch(raw)` /
-    `stub._twilio(raw)` -> (status, JSON body), or (DROP, _) to close the connection
-    unanswered; and their lookups, `GET /messages/outbound` and `GET .../Messages.json`, with
-    `stub._postmark_search(params)` / `stub._twilio_list(path, params)`. Shared by the tests'
-    stub and the benchmark's."""
+    """Serve the providers' `route`s on a free loopback port, a thread per connection; a
+    (DROP, _) answer closes the connection unanswered. Used by the tests' stub and the
+    soak's (the benchmark's serves the same routes from an asyncio loop)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
@@ -140,29 +163,10 @@ def serve_provider_api(stub: Any, thread_name: str = "provider-stub") -> tuple[T
                 self.close_connection = True  # nothing read, nothing recorded, no answer
                 return
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path.rstrip("/").endswith("/email"):
-                status, body = stub._postmark(raw)
-            elif self.path.rstrip("/").endswith("/email/batch"):
-                status, body = stub._postmark_batch(raw)
-            elif "/Messages.json" in self.path:
-                status, body = stub._twilio(raw)
-            else:
-                status, body = 404, {"error": f"no route {self.path}"}
-            self._answer(status, body)
+            self._answer(*route(stub, "POST", self.path, raw, bool(self.headers.get("X-Postmark-Server-Token"))))
 
         def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            params = {k: v[0] for k, v in parse_qs(url.query).items()}
-            if url.path.rstrip("/").endswith("/messages/outbound"):
-                if not self.headers.get("X-Postmark-Server-Token"):
-                    status, body = 401, {"ErrorCode": 10, "Message": "No Account or Server API tokens were supplied"}
-                else:
-                    status, body = stub._postmark_search(params)
-            elif url.path.endswith("/Messages.json"):
-                status, body = stub._twilio_list(self.path, params)
-            else:
-                status, body = 404, {"error": f"no route {self.path}"}
-            self._answer(status, body)
+            self._answer(*route(stub, "GET", self.path, b"", bool(self.headers.get("X-Postmark-Server-Token"))))
 
         def _answer(self, status: int, body: Any) -> None:
             if status == DROP:
