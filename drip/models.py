@@ -43,11 +43,15 @@ class Contact(models.Model):
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone], help_text="IANA name, e.g. America/New_York")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set by an erasure (drip.erasure): the personal fields are blank, the history stays.
+    erased_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["id"]
 
     def __str__(self) -> str:
+        if self.erased_at is not None:
+            return f"erased contact #{self.pk}"
         name = f"{self.first_name} {self.last_name}".strip()
         return f"{name} <{self.email}>" if name else (self.email or self.external_id)
 
@@ -69,7 +73,9 @@ class ConsentRecord(models.Model):
         RECIPIENT = "recipient", "The recipient (STOP, START, unsubscribe)"
         PROVIDER = "provider", "Provider report (bounce, complaint, opted out)"
 
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="consents")
+    # PROTECT here and on every audit row below: deleting a person is an erasure
+    # (drip.erasure), which blanks their fields and keeps the history.
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="consents")
     channel = models.CharField(max_length=10, choices=Channel.choices)
     granted = models.BooleanField()
     source = models.CharField(max_length=20, choices=Source.choices)
@@ -91,6 +97,57 @@ class ConsentRecord(models.Model):
         """A revocation that came from the recipient or their provider: only they (or an
         operator with a reason) may lift it."""
         return not self.granted and self.source in (self.Source.RECIPIENT, self.Source.PROVIDER)
+
+
+class Suppression(models.Model):
+    """An address that must not be messaged on a channel, whoever's contact row holds it now
+    or later: a recipient's opt-out (STOP, unsubscribe), a provider's report (hard bounce,
+    complaint, landline, 21610) or an operator's record (an erasure). Kept by a keyed hash of
+    the normalized address, so an erased person's row keeps refusing the address it no longer
+    shows. Lifting sets `lifted_at` with who and why; drip.consent.may_lift says who may."""
+
+    class Source(models.TextChoices):
+        RECIPIENT = "recipient", "The recipient (STOP, unsubscribe)"
+        PROVIDER = "provider", "Provider report (bounce, complaint, landline, opted out)"
+        OPERATOR = "operator", "An operator (erasure, recorded opt-out)"
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    address_hash = models.CharField(max_length=64, editable=False)
+    # The normalized address, for operators; blank once the person is erased.
+    address = models.CharField(max_length=254, blank=True)
+    source = models.CharField(max_length=12, choices=Source.choices)
+    # Where exactly: "twilio:STOP", "postmark:HardBounce", "unsubscribe:one-click", "erasure:alice"...
+    detail = models.CharField(max_length=200, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.CharField(max_length=150, blank=True)
+    lift_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "address_hash"], condition=models.Q(lifted_at__isnull=True),
+                name="one_active_suppression_per_address",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.address or '(erased)'}: {self.get_source_display()} {self.detail}".strip()
+
+    @property
+    def active(self) -> bool:
+        return self.lifted_at is None
+
+
+class AddressKey(models.Model):
+    """The key of the suppressions' address hashes: made once per installation, in the
+    database, so it outlives a SECRET_KEY rotation (which would otherwise make an erased
+    address mailable again)."""
+
+    key = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
 
 
 class Event(models.Model):
@@ -134,10 +191,12 @@ class Registration(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     external_id = models.CharField(max_length=200, unique=True, default=new_external_id)
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="registrations")
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="registrations")
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="registrations")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="registrations")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACTIVE)
     attended = models.BooleanField(null=True, blank=True, help_text="Unknown until the event is completed.")
+    # This registrant's own join link (Zoom's per-registrant links): used in place of the event's.
+    join_url = models.URLField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
 
@@ -308,7 +367,7 @@ class Step(models.Model):
 
     # No index of its own: unique_step_per_plan starts with it and serves every lookup by
     # registration; a second index only slows the bulk planning (15 % at 100,000).
-    registration = models.ForeignKey(Registration, on_delete=models.CASCADE, related_name="steps", db_index=False)
+    registration = models.ForeignKey(Registration, on_delete=models.PROTECT, related_name="steps", db_index=False)
     funnel = models.CharField(max_length=20)
     key = models.CharField(max_length=40)
     plan_version = models.PositiveIntegerField(default=1)
@@ -516,9 +575,9 @@ class Message(models.Model):
         BOUNCED = "bounced", "Bounced"
 
     # Indexed by unique_message_per_step_channel, which starts with it.
-    step = models.ForeignKey(Step, null=True, blank=True, on_delete=models.CASCADE, related_name="messages", db_index=False)
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="messages")
-    registration = models.ForeignKey(Registration, null=True, blank=True, on_delete=models.CASCADE, related_name="messages")
+    step = models.ForeignKey(Step, null=True, blank=True, on_delete=models.PROTECT, related_name="messages", db_index=False)
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="messages")
+    registration = models.ForeignKey(Registration, null=True, blank=True, on_delete=models.PROTECT, related_name="messages")
     channel = models.CharField(max_length=10, choices=Channel.choices)
     template_type = models.CharField(max_length=60)
     # The caller's label for a direct send (the seed's stepType); funnel messages have a step.
@@ -574,6 +633,8 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # Anything that reaches a provider from the console (run now, send again, a test send).
+        permissions = [("send_messages", "Can send messages (run now, send again, test sends)")]
         constraints = [models.UniqueConstraint(fields=["step", "channel"], name="unique_message_per_step_channel")]
         indexes = [
             models.Index(fields=["status", "next_attempt_at"]),
@@ -615,7 +676,7 @@ class DeliveryReport(models.Model):
         OTHER = "other", "Other"
 
     # Indexed by the (message, occurred_at) index, which starts with it.
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports", db_index=False)
+    message = models.ForeignKey(Message, on_delete=models.PROTECT, related_name="reports", db_index=False)
     channel = models.CharField(max_length=10, choices=Channel.choices)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     occurred_at = models.DateTimeField(help_text="When the provider says it happened (else when we heard of it).")
