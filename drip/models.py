@@ -14,7 +14,15 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .validation import normalize_phone, validate_phone, validate_timezone
+from .validation import (
+    normalize_phone,
+    validate_email_address,
+    validate_http_url,
+    validate_no_control_characters,
+    validate_phone,
+    validate_text_line,
+    validate_timezone,
+)
 
 
 def new_external_id() -> str:
@@ -35,11 +43,12 @@ class Purpose(models.TextChoices):
 
 
 class Contact(models.Model):
-    external_id = models.CharField(max_length=200, unique=True, default=new_external_id)
-    email = models.EmailField(blank=True)
+    # The same input rules as the event API (drip/validation.py), so the console's forms too.
+    external_id = models.CharField(max_length=200, unique=True, default=new_external_id, validators=[validate_no_control_characters])
+    email = models.EmailField(blank=True, validators=[validate_email_address])
     phone = models.CharField(max_length=20, blank=True, validators=[validate_phone], help_text="E.164, e.g. +14155550123")
-    first_name = models.CharField(max_length=200, blank=True)
-    last_name = models.CharField(max_length=200, blank=True)
+    first_name = models.CharField(max_length=200, blank=True, validators=[validate_text_line])
+    last_name = models.CharField(max_length=200, blank=True, validators=[validate_text_line])
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone], help_text="IANA name, e.g. America/New_York")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -156,16 +165,16 @@ class Event(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         COMPLETED = "completed", "Completed"
 
-    external_id = models.CharField(max_length=200, unique=True, default=new_external_id)
-    title = models.CharField(max_length=300)
+    external_id = models.CharField(max_length=200, unique=True, default=new_external_id, validators=[validate_no_control_characters])
+    title = models.CharField(max_length=300, validators=[validate_text_line])
     starts_at = models.DateTimeField(
         "scheduled start", help_text="In UTC. Saving shows it in the event's own time zone; changing it re-plans the reminders."
     )
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
-    join_url = models.URLField(max_length=500, blank=True)
+    join_url = models.URLField(max_length=500, blank=True, validators=[validate_http_url])
     # Given with the completion: the post-event emails link them, and promise nothing without.
-    recording_url = models.URLField(max_length=500, blank=True)
-    slides_url = models.URLField(max_length=500, blank=True)
+    recording_url = models.URLField(max_length=500, blank=True, validators=[validate_http_url])
+    slides_url = models.URLField(max_length=500, blank=True, validators=[validate_http_url])
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.SCHEDULED)
     completed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -190,13 +199,13 @@ class Registration(models.Model):
         ACTIVE = "active", "Active"
         CANCELLED = "cancelled", "Cancelled"
 
-    external_id = models.CharField(max_length=200, unique=True, default=new_external_id)
+    external_id = models.CharField(max_length=200, unique=True, default=new_external_id, validators=[validate_no_control_characters])
     contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="registrations")
     event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="registrations")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACTIVE)
     attended = models.BooleanField(null=True, blank=True, help_text="Unknown until the event is completed.")
     # This registrant's own join link (Zoom's per-registrant links): used in place of the event's.
-    join_url = models.URLField(max_length=500, blank=True)
+    join_url = models.URLField(max_length=500, blank=True, validators=[validate_http_url])
     created_at = models.DateTimeField(auto_now_add=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
 

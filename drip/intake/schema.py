@@ -17,7 +17,6 @@ from functools import lru_cache
 from typing import Annotated, Any, ClassVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.validators import URLValidator, validate_email
 from django.utils.timezone import now
 from pydantic import (
     AfterValidator,
@@ -36,7 +35,13 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from drip import direct
 from drip.errors import FieldError
-from drip.validation import normalize_phone, validate_timezone
+from drip.validation import (
+    first_refused_character,
+    normalize_phone,
+    validate_email_address,
+    validate_http_url,
+    validate_timezone,
+)
 
 ID_LENGTH = 200  # the external_id columns
 # Far enough from datetime's limits that due-time arithmetic (up to +7 days) cannot overflow.
@@ -45,7 +50,6 @@ LATEST = datetime(2999, 12, 31, tzinfo=UTC)
 # A producer's clock may run a little ahead of ours; a completion further ahead is a mistake.
 CLOCK_SKEW = timedelta(minutes=5)
 MOMENT_EXAMPLE = "e.g. 2026-12-01T15:00:00-05:00 or 2026-12-01T20:00:00Z"
-_HTTP_URL = URLValidator(schemes=["http", "https"])
 
 
 def shown(value: str, limit: int = 60) -> str:
@@ -58,19 +62,28 @@ def refuse(error_type: str, template: str, **context: Any) -> PydanticCustomErro
     return PydanticCustomError(error_type, template, context)
 
 
+def refused_by(exc: DjangoValidationError, value: str) -> PydanticCustomError:
+    """A drip.validation refusal (the rule every door shares) as an error of the same type."""
+    error = exc.error_list[0]
+    reason = error.message % error.params if error.params else str(error.message)
+    return refuse(error.code or "invalid", "{reason}", reason=reason, shown=shown(value))
+
+
 # --- text --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Text:
     """A string field: strict str, then the checks in the old parser's order (blank, length,
-    NUL, unpaired surrogate), so a value wrong in two ways gets the same error as before.
+    NUL, unpaired surrogate, then control and format characters), so a value wrong in two
+    ways gets the same error as before.
 
     Done in one validator rather than with pydantic's max_length: pydantic-core checks the
     length in Rust, which refuses unpaired surrogates first, with its own wording."""
 
     max_length: int
     blank: bool = False  # whether "" and whitespace are accepted
+    joiners: bool = False  # whether ZWNJ / ZWJ are (names and titles: drip.validation.JOINERS)
 
     def check(self, value: str) -> str:
         if not self.blank and not value.strip():
@@ -85,6 +98,13 @@ class Text:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise refuse("surrogate", "is not valid Unicode (unpaired surrogate)") from None
+        # A newline in an id forges a log line, U+202E reverses what an operator reads.
+        found = first_refused_character(value, allow_joiners=self.joiners)
+        if found is not None:
+            raise refuse(
+                "control_character", "must not contain control or format characters ({char} at position {position})",
+                char=f"U+{ord(found[1]):04X}", position=found[0],
+            )
         return value
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -106,8 +126,8 @@ class JsonSchemaExtra:
 
 
 Id = Annotated[str, Text(ID_LENGTH)]
-Title = Annotated[str, Text(300)]
-PersonName = Annotated[str, Text(ID_LENGTH, blank=True)]  # "" clears it
+Title = Annotated[str, Text(300, joiners=True)]
+PersonName = Annotated[str, Text(ID_LENGTH, blank=True, joiners=True)]  # "" clears it
 Channel = Annotated[str, Text(20)]
 TemplateType = Annotated[str, Text(60)]
 StepType = Annotated[str, Text(60, blank=True)]
@@ -119,8 +139,10 @@ StepType = Annotated[str, Text(60, blank=True)]
 def _email(value: str) -> str:
     value = value.strip()
     try:
-        validate_email(value)
-    except DjangoValidationError:
+        validate_email_address(value)
+    except DjangoValidationError as exc:
+        if exc.error_list[0].code in ("email_quoted", "email_ip_literal"):
+            raise refused_by(exc, value) from None
         raise refuse("email", "is not a valid email address: {shown}", shown=shown(value)) from None
     return value
 
@@ -153,9 +175,9 @@ def _url(value: str) -> str:
     if not value:  # "" clears the URL
         return value
     try:
-        _HTTP_URL(value)
-    except DjangoValidationError:
-        raise refuse("url", "must be an http(s) URL, not {shown}", shown=shown(value)) from None
+        validate_http_url(value)
+    except DjangoValidationError as exc:
+        raise refused_by(exc, value) from None
     return value
 
 
