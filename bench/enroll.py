@@ -128,6 +128,7 @@ def main() -> None:
     os.environ.update({
         "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "DJANGO_SETTINGS_MODULE": "drip.settings",
         "DEBUG": "0", "SECRET_KEY": "bench-only", "ALLOWED_HOSTS": "testserver", "DRIP_API_TOKEN": TOKEN,
+        "SECURE_SSL_REDIRECT": "0",  # the test client speaks plain http
         "DRIP_LOG_LEVEL": os.environ.get("DRIP_LOG_LEVEL", "INFO"),  # production's default
     })
     try:

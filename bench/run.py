@@ -86,6 +86,7 @@ def configure_environment(stub: BenchStub) -> dict[str, str]:
         # Production settings: DEBUG would keep every query in worker memory, and a time
         # scale would pull the post-event steps into the enqueue horizon.
         "DEBUG": "0",
+        "SECURE_SSL_REDIRECT": "0",  # the web process listens on loopback, plain http
         "DRIP_TIME_SCALE": "1",
         # The figures must not depend on the hour: the dispatch world's reengagement SMS are
         # marketing, and inside the contacts' quiet hours they would wait for the morning.

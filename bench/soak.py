@@ -100,6 +100,7 @@ def process_environment(plan: Plan, stub_url: str) -> dict[str, str]:
         "PATH": f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}",
         "DJANGO_SETTINGS_MODULE": "drip.settings", "DRIP_DOTENV": "0", "DEBUG": "0",
         "SECRET_KEY": "soak-only-not-secret", "ALLOWED_HOSTS": "127.0.0.1,localhost", "DRIP_API_TOKEN": TOKEN,
+        "SECURE_SSL_REDIRECT": "0",  # the web processes listen on loopback, plain http
         "DRIP_SENDER_ADDRESS": "Drip soak, 1 Example Street, Springfield",
         "DRIP_TIME_SCALE": str(plan.scale), "DRIP_SMS_QUIET_HOURS": "off",
         # Recovery within the soak's minutes: a lost enqueue is taken back after 20 s (120 s in

@@ -12,6 +12,12 @@ Redis does not answer at all):
 - beat: django-celery-beat's PeriodicTask "drip-dispatch-due-steps", whose `last_run_at`
   beat's DatabaseScheduler writes after every dispatch it sends (CELERY_BEAT_SYNC_EVERY=1).
 
+Each process answers /healthz from one run of the checks at most DRIP_HEALTH_CACHE_SECONDS
+old, made by one request while the others wait for it: a flood of /healthz (it needs no
+token) costs the database and the broker one check per process every two seconds. Its body
+names what failed and the error's class, never a host, user or password; the details go to
+the log.
+
 /metrics counts everything from the database at scrape time (a custom Collector, a handful
 of aggregate queries), so the numbers are right however many worker processes there are.
 """
@@ -114,10 +120,13 @@ def connect_signals() -> None:
 _CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
 
 
-def _why(exc: BaseException) -> str:
-    """An error for a public page: its class and text, any URL credentials cut out."""
+def _why(exc: BaseException, check: str) -> str:
+    """An error for a public page: its class only (a driver's text names the host, port and
+    user: "connection to server at db.internal failed for user drip"). The text goes to the
+    log, any URL credentials cut out."""
     text = _CREDENTIALS.sub(r"\1***@", str(exc)).strip()
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    log.warning("healthz: %s check failed: %s: %s", check, type(exc).__name__, text[:500])
+    return type(exc).__name__
 
 
 def check_database() -> str:
@@ -126,7 +135,7 @@ def check_database() -> str:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        return f"database unreachable ({_why(exc)})"
+        return f"database unreachable ({_why(exc, 'database')})"
     return OK
 
 
@@ -135,7 +144,7 @@ def check_broker() -> str:
     try:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=1, timeout=BROKER_TIMEOUT)
     except Exception as exc:  # noqa: BLE001
-        return f"broker unreachable ({_why(exc)})"
+        return f"broker unreachable ({_why(exc, 'broker')})"
     finally:
         conn.release()
     return OK
@@ -146,7 +155,7 @@ def check_worker() -> str:
         client = _redis()
         names = [k.decode() if isinstance(k, bytes) else str(k) for k in client.scan_iter(match=HEARTBEAT_PREFIX + "*", count=100)]
     except redis.RedisError as exc:
-        return f"cannot read worker heartbeats from Redis ({_why(exc)})"
+        return f"cannot read worker heartbeats from Redis ({_why(exc, 'worker')})"
     if not names:
         return f"no worker heartbeat in the last {HEALTH_WINDOW} s: is a worker running?"
     return OK
@@ -159,7 +168,7 @@ def check_beat(now: datetime | None = None) -> str:
     try:
         row = PeriodicTask.objects.filter(name=DISPATCH_TASK_NAME).values("enabled", "last_run_at").first()
     except Exception as exc:  # noqa: BLE001
-        return f"cannot read beat's schedule ({_why(exc)})"
+        return f"cannot read beat's schedule ({_why(exc, 'beat')})"
     if row is None:
         return f"beat has never run: no periodic task {DISPATCH_TASK_NAME!r} (start beat with the DatabaseScheduler)"
     if not row["enabled"]:
@@ -188,14 +197,37 @@ def run_checks() -> dict[str, str]:
         try:
             checks[name] = future.result(timeout=BROKER_TIMEOUT + 1)
         except Exception as exc:  # noqa: BLE001 - a timeout included
-            checks[name] = f"no answer in time ({_why(exc)})"
+            checks[name] = f"no answer in time ({_why(exc, name)})"
     checks["beat"] = check_beat() if checks["database"] == OK else "unknown: the database is unreachable"
     return {name: checks[name] for name in ("database", "broker", "worker", "beat")}
 
 
+_cached: tuple[float, dict[str, str]] | None = None
+_cache_lock = threading.Lock()
+
+
+def recent_checks() -> dict[str, str]:
+    """The checks' result, run again only when the last one is DRIP_HEALTH_CACHE_SECONDS old.
+    One request runs them while the others wait on the lock, then share its result."""
+    global _cached
+    with _cache_lock:
+        if _cached is not None and time.monotonic() - _cached[0] < settings.DRIP_HEALTH_CACHE_SECONDS:
+            return _cached[1]
+        started = time.monotonic()  # the result's age counts from before the checks ran
+        checks = run_checks()
+        _cached = (started, checks)
+        return checks
+
+
+def forget_checks() -> None:
+    global _cached
+    with _cache_lock:
+        _cached = None
+
+
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    checks = run_checks()
+    checks = recent_checks()
     healthy = all(value == OK for value in checks.values())
     response = JsonResponse({"status": OK if healthy else "fail", "checks": checks}, status=200 if healthy else 503)
     response["Cache-Control"] = "no-store"
@@ -312,6 +344,10 @@ def client_is_loopback(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     token = settings.DRIP_METRICS_TOKEN
+    if not token and not settings.DEBUG:
+        # Behind a proxy every client is loopback: without DEBUG the address proves nothing.
+        return HttpResponse("/metrics is disabled: set DRIP_METRICS_TOKEN to enable it\n",
+                            status=403, content_type="text/plain")
     if token and not token_matches(request, token):
         response = HttpResponse("missing or wrong bearer token (Authorization: Bearer $DRIP_METRICS_TOKEN)\n",
                                 status=401, content_type="text/plain")

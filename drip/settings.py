@@ -34,6 +34,12 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), not {value!r}")
 
 
+def env_list(name: str, default: list[str] | None = None) -> list[str]:
+    """A comma-separated variable; unset or empty gives `default`."""
+    items = [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+    return items or list(default or [])
+
+
 def env_float(name: str, default: float, minimum: float | None = None) -> float:
     raw = os.environ.get(name, "")
     try:
@@ -46,14 +52,47 @@ def env_float(name: str, default: float, minimum: float | None = None) -> float:
 
 
 DEBUG = env_bool("DEBUG")
+# No fallback key, even under DEBUG: a key everybody knows signs unsubscribe links anybody can
+# forge, and a key made up per process breaks a link signed by another. `make run` writes a
+# random one to .env on first run; tests/settings.py sets its own.
 SECRET_KEY = os.environ.get("SECRET_KEY") or ""
 if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (set DEBUG=1 for development).")
-    SECRET_KEY = "dev-only-insecure-secret-key"
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "").split(",") if h.strip()]
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set: in production in the environment; for development `make run` writes a random one to .env."
+    )
+# Earlier keys, still accepted when a signature is checked (newest first, comma-separated):
+# rotating SECRET_KEY keeps every unsubscribe link already sent working.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
 if DEBUG and not ALLOWED_HOSTS:
     ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
+
+# --- HTTPS (README "Configuration"): on unless DEBUG, each variable may turn one off ----------
+# TLS ends at a proxy, which says so in this header ("Name: value"; "off" when Drip is not
+# behind one). The proxy must set or strip it: a client that could send it would pass for https.
+_proxy_header = (os.environ.get("DRIP_PROXY_SSL_HEADER") or ("off" if DEBUG else "X-Forwarded-Proto: https")).strip()
+if _proxy_header.lower() in ("off", "none", "0"):
+    SECURE_PROXY_SSL_HEADER = None
+else:
+    _name, _, _value = _proxy_header.partition(":")
+    if not _name.strip() or not _value.strip():
+        raise ImproperlyConfigured(f"DRIP_PROXY_SSL_HEADER must be 'Header-Name: value' or off, not {_proxy_header!r}")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# A load balancer's health probe may speak plain http inside the network; /healthz holds no secret.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = int(env_float("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)  # subdomains of Drip's own host
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# Origins allowed to POST the console's forms besides the host itself, e.g. https://drip.example.org
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+SILENCED_SYSTEM_CHECKS = [
+    # HSTS preload: a commitment for the whole registered domain (hstspreload.org), not this
+    # service's to make; SECURE_HSTS_PRELOAD=1 once the domain's owner has decided.
+    "security.W021",
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -246,8 +285,12 @@ DRIP_RATE_LIMIT_PREFIX = os.environ.get("DRIP_RATE_LIMIT_PREFIX") or "drip:ratel
 DRIP_SMS_QUIET_HOURS = parse_quiet_hours(os.environ.get("DRIP_SMS_QUIET_HOURS") or "21:00-08:00")
 DRIP_FREQUENCY_CAP = parse_frequency_cap(os.environ.get("DRIP_FREQUENCY_CAP") or "off")
 DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
-# Bearer token of GET /metrics; unset, /metrics answers only loopback clients (drip/health.py).
+# Bearer token of GET /metrics; unset, /metrics answers only loopback clients, and only
+# under DEBUG: behind a proxy every client is loopback (drip/health.py).
 DRIP_METRICS_TOKEN = os.environ.get("DRIP_METRICS_TOKEN") or ""
+# /healthz answers from checks at most this old (seconds): a flood of it cannot load the
+# database and the broker.
+DRIP_HEALTH_CACHE_SECONDS = 2.0
 # The console: a CSV import of more rows, or a completion of an event with more active
 # registrations, runs as a Celery task with a progress page instead of inside the request.
 DRIP_IMPORT_INLINE_ROWS = int(env_float("DRIP_IMPORT_INLINE_ROWS", 500, minimum=0))
@@ -301,8 +344,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # An unsubscribe link's token never reaches a log (drip/logs.py, drip/access_log.py).
+    "filters": {"redact_tokens": {"()": "drip.logs.RedactTokens"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]}},
     "loggers": {
+        # "Bad Request: /u/<token>/": Django names the path of every 4xx and 5xx.
+        "django.request": {"filters": ["redact_tokens"]},
         "drip": {"handlers": ["console"], "level": os.environ.get("DRIP_LOG_LEVEL", "INFO"), "propagate": False},
         "campaigns": {"handlers": ["console"], "level": os.environ.get("DRIP_LOG_LEVEL", "INFO"), "propagate": False},
         # The timer tasks run every few seconds; a line per run would bury the ones that matter.

@@ -1,7 +1,11 @@
 """Test settings: the project's own, with DEBUG defaulted so pytest runs without any env."""
 import os
+import secrets
 
 os.environ.setdefault("DEBUG", "1")
+# drip/settings.py has no fallback key: a random one per run, which every process the suite
+# starts inherits (a worker's unsubscribe link verifies in the test's process).
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 # Never a developer's .env (the settings `make run` writes): the suite sees only its own environment.
 os.environ["DRIP_DOTENV"] = "0"
 # The suite must not depend on the hour it runs at: with the production default (21:00-08:00

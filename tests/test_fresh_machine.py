@@ -182,7 +182,7 @@ def test_send_event_works_as_pasted_with_only_the_dotenv(transactional_db, tmp_p
 def test_without_the_dotenv_a_command_stops_with_the_secret_key_sentence(tmp_path):
     result = manage("check", dotenv=tmp_path / "no-such.env")
     assert result.returncode != 0
-    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+    assert "SECRET_KEY must be set" in result.stderr
 
 
 def print_settings(dotenv: Path, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -201,16 +201,29 @@ def test_dotenv_values_reach_the_settings_and_a_real_environment_variable_wins(t
 
 
 def test_a_real_debug_0_wins_over_the_dotenvs_debug_1(tmp_path):
-    no_key = write_env(tmp_path / ".env", DEBUG="1")
-    assert manage("check", dotenv=no_key).returncode == 0
-    result = manage("check", dotenv=no_key, env={"DEBUG": "0"})
-    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+    dotenv = write_env(tmp_path / ".env", DEBUG="1", SECRET_KEY="from-dotenv-key")
+    code = "from django.conf import settings as s; print(s.DEBUG)"
+
+    def debug(env: dict[str, str] | None = None) -> str:
+        result = manage("shell", "--no-imports", "-c", code, dotenv=dotenv, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    assert (debug(), debug({"DEBUG": "0"})) == ("True", "False")
+
+
+def test_debug_1_without_a_secret_key_stops_too(tmp_path):
+    # No development fallback key: one everybody knows would sign links anybody can forge.
+    result = manage("check", dotenv=write_env(tmp_path / ".env", DEBUG="1"))
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr
 
 
 def test_drip_dotenv_0_skips_the_file(tmp_path):
-    dotenv = write_env(tmp_path / ".env", DEBUG="1", DRIP_API_TOKEN="from-dotenv")
+    dotenv = write_env(tmp_path / ".env", DEBUG="1", SECRET_KEY="from-dotenv-key", DRIP_API_TOKEN="from-dotenv")
+    assert manage("check", dotenv=dotenv).returncode == 0
     result = manage("check", dotenv=dotenv, env={"DRIP_DOTENV": "0"})
-    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+    assert "SECRET_KEY must be set" in result.stderr
 
 
 def test_the_suite_never_reads_a_developers_dotenv():

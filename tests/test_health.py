@@ -23,6 +23,18 @@ from tests.helpers import flush_broker, wait_until
 # Read once: a test may point the setting at a closed port, and this fixture's teardown
 # runs before that override is undone.
 TEST_REDIS_URL = django_settings.DRIP_RATE_LIMIT_REDIS_URL
+METRICS_TOKEN = "m3trics-token"
+
+
+@pytest.fixture(autouse=True)
+def fresh_checks(settings) -> Iterator[None]:
+    """Each request here sees the state its test just made: no cached result of the checks
+    (tests/test_deploy.py tests the cache), and /metrics with its token."""
+    settings.DRIP_HEALTH_CACHE_SECONDS = 0
+    settings.DRIP_METRICS_TOKEN = METRICS_TOKEN
+    health.forget_checks()
+    yield
+    health.forget_checks()
 
 
 def clear_heartbeats() -> None:
@@ -166,8 +178,8 @@ def test_healthz_needs_no_token(db, client, settings, no_heartbeats):
 # --- /metrics -----------------------------------------------------------------------------
 
 
-def scrape(client: Any, **headers: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    response = client.get("/metrics", headers=headers)
+def scrape(client: Any) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain")
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -251,11 +263,20 @@ def test_metrics_query_count_does_not_grow(db, client, django_assert_max_num_que
     assert sample(samples, "drip_provider_errors", channel="email", **{"class": "permanent"}) == 60
 
 
-def test_metrics_without_a_token_answer_only_loopback(db, client, settings):
+def test_metrics_without_a_token_answer_only_loopback_under_debug(db, client, settings):
     settings.DRIP_METRICS_TOKEN = ""
+    settings.DEBUG = True
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 200
     assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
     response = client.get("/metrics", REMOTE_ADDR="203.0.113.9")
+    assert response.status_code == 403 and b"DRIP_METRICS_TOKEN" in response.content
+
+
+def test_metrics_without_debug_need_the_token_even_from_loopback(db, client, settings):
+    # Behind a proxy every client is loopback: the address proves nothing in production.
+    settings.DRIP_METRICS_TOKEN = ""
+    settings.DEBUG = False
+    response = client.get("/metrics", REMOTE_ADDR="127.0.0.1")
     assert response.status_code == 403 and b"DRIP_METRICS_TOKEN" in response.content
 
 

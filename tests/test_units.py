@@ -109,14 +109,16 @@ def test_it_classifies_provider_errors():
 
 @pytest.mark.parametrize("env,message", [
     ({"SMS_BACKEND": "twilio", "DEBUG": "1"}, "SMS_BACKEND=twilio needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN"),
-    ({"DEBUG": "0"}, "SECRET_KEY must be set when DEBUG is off"),
+    ({"DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY must be set"),
+    ({"DEBUG": "1", "SECRET_KEY": ""}, "SECRET_KEY must be set"),  # no development fallback either
     ({"DEBUG": "1", "DRIP_TIME_SCALE": "fast"}, "DRIP_TIME_SCALE must be a number"),
     ({"DEBUG": "1", "SMS_BACKEND": "carrier-pigeon"}, "SMS_BACKEND must be 'console' or 'twilio'"),
 ])
 def test_a_missing_production_setting_stops_start_up_with_one_sentence(env, message):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "SMS_", "SECRET_", "DEBUG", "DRIP_"))}
     result = subprocess.run(
-        [sys.executable, "manage.py", "check"], env={**clean, "DJANGO_SETTINGS_MODULE": "drip.settings", **env},
+        [sys.executable, "manage.py", "check"],
+        env={**clean, "DJANGO_SETTINGS_MODULE": "drip.settings", "SECRET_KEY": "a-test-key", **env},
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert result.returncode != 0

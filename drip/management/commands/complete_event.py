@@ -14,6 +14,7 @@ from django.core.validators import URLValidator
 from django.utils.dateparse import parse_datetime
 
 from drip.errors import FieldError
+from drip.logs import audit, shell_user
 from drip.models import Event
 from drip.services import CompletionSummary, complete_event, resolve_attendees
 
@@ -95,6 +96,11 @@ class Command(BaseCommand):
         if summary.already_completed:
             raise CommandError(
                 f"event {event.external_id} was already completed at {summary.completed_at.isoformat()}; nothing planned"
+            )
+        if not summary.dry_run:
+            audit.info(
+                "complete_event: OS user %s: completed event %s (attended %d, no-show %d, %d post-event step(s) planned)",
+                shell_user(), event.external_id, summary.branches["attended"], summary.branches["no_show"], summary.steps_planned,
             )
         self.stdout.write(format_summary(event, summary))
 

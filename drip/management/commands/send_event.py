@@ -9,8 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from drip.api import count_by_name
 from drip.errors import FieldError
 from drip.intake.apply import handle_body
+from drip.logs import audit, shell_user
 
 
 def read_payload(argument: str) -> str:
@@ -39,4 +41,5 @@ class Command(BaseCommand):
             result = handle_body(read_payload(payload))
         except FieldError as exc:
             raise CommandError(f"{exc.field}: {exc}" if exc.field else str(exc)) from None
+        audit.info("send_event: OS user %s: accepted %d event(s): %s", shell_user(), result["accepted"], count_by_name(result))
         self.stdout.write(json.dumps(result, indent=2))
