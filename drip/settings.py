@@ -103,6 +103,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "anymail",
+    "axes",
     "drip",
     "campaigns",
 ]
@@ -116,6 +117,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login after the others have run.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "drip.urls"
@@ -153,7 +156,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".run" / "test-db.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-AUTH_PASSWORD_VALIDATORS: list[dict] = []
+AUTH_PASSWORD_VALIDATORS: list[dict] = [
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in ("UserAttributeSimilarityValidator", "MinimumLengthValidator", "CommonPasswordValidator",
+                 "NumericPasswordValidator")
+]
+# django-axes first: a locked-out username is refused before its password is even checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+# Repeated failed logins lock the account out for an hour (DESIGN.md "Console permissions").
+# By username only: behind a proxy every client has the proxy's address, and an attacker
+# rotating addresses must still not get more guesses at one account.
+AXES_FAILURE_LIMIT = 10
+AXES_COOLOFF_TIME = 1  # hours
+AXES_LOCKOUT_PARAMETERS = ["username"]
+# axes.W006 asks for the client address too: behind a proxy that address is the proxy's, and
+# one attacker's failures would lock every operator out.
+SILENCED_SYSTEM_CHECKS.append("axes.W006")
+AXES_RESET_ON_SUCCESS = True
+# The lockouts are on the console's own site, for superusers (drip/admin/__init__.py).
+AXES_ENABLE_ADMIN = False
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 # Django's English date formats with the zone added to every date-time (drip/formats/en).

@@ -1,12 +1,12 @@
-from django.contrib import admin
 from django.urls import include, path
 
 from . import api, health, status
+from .admin import site as console
 from .inbound import twilio_webhooks, unsubscribe
 from .inbound.email_reports import anymail_urlpatterns
 
 urlpatterns = [
-    path("admin/", admin.site.urls),
+    path("admin/", console.urls),
     path("api/events", api.events, name="api-events"),
     path("api/events/schema", api.events_schema, name="api-events-schema"),
     # The same door with a trailing slash: APPEND_SLASH cannot redirect a POST.

@@ -1,25 +1,20 @@
 """The admin side of inbound: the inbound SMS inbox, delivery reports on a message's page,
-a contact's consent in force (with its suppressions), and the "suppressed" list filter."""
+a contact's consent in force, and the "suppressed" list filter. Registered on the console's
+site in drip/admin/__init__.py."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet
+from django.db.models.functions import Lower
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 
-from ..consent import NEWEST_FIRST, latest_record
-from ..models import Channel, ConsentRecord, Contact, DeliveryReport, InboundSms
+from ..consent import active_suppression, latest_record
+from ..console.audit import record
+from ..models import Channel, Contact, DeliveryReport, InboundSms, Suppression
 from .twilio_webhooks import record_as_opt_out
-
-SUPPRESSING_SOURCES = (ConsentRecord.Source.RECIPIENT, ConsentRecord.Source.PROVIDER)
-
-
-def current_suppressions(records: QuerySet[ConsentRecord]) -> QuerySet[ConsentRecord]:
-    """The records in force (the newest per contact and channel) that are suppressions."""
-    newest = ConsentRecord.objects.filter(contact=OuterRef("contact"), channel=OuterRef("channel")).order_by(*NEWEST_FIRST)
-    return records.filter(id=Subquery(newest.values("id")[:1]), granted=False, source__in=SUPPRESSING_SOURCES)
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -49,16 +44,20 @@ class DeliveryReportInline(ReadOnlyInline):
 @admin.display(description="consent now")
 def consent_now(contact: Contact) -> str:
     """For the contact's page (a read-only field): each channel's record in force, who gave
-    it and when, and whether it is a suppression (which a plain grant cannot lift)."""
+    it and when; and first, a suppression of the address, which outranks any grant."""
     if contact is None or contact.pk is None:
         return "-"
     lines = []
     for channel in Channel.values:
+        suppression = active_suppression(channel, contact.address_for(channel))
+        if suppression is not None:
+            lines.append(f"{channel}: SUPPRESSED by {suppression.get_source_display()} ({suppression.detail or '-'}) "
+                         f"on {suppression.created_at:%Y-%m-%d %H:%M} UTC: nothing is sent to this address")
         record = latest_record(contact, channel)
         if record is None:
             lines.append(f"{channel}: never given")
             continue
-        state = "SUPPRESSED" if record.is_suppression else ("granted" if record.granted else "revoked")
+        state = "granted" if record.granted else "revoked"
         why = f", reason: {record.reason}" if record.reason else ""
         lines.append(f"{channel}: {state} by {record.get_source_display()} ({record.detail or '-'}) "
                      f"on {record.created_at:%Y-%m-%d %H:%M} UTC{why}")
@@ -73,16 +72,22 @@ class SuppressedFilter(admin.SimpleListFilter):
         return [(Channel.EMAIL, "email"), (Channel.SMS, "sms"), ("any", "email or sms")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Contact]) -> QuerySet[Contact]:
+        """Contacts whose current address is suppressed: a suppression belongs to the address
+        (stored normalized: a case-folded email, an E.164 number), not to one contact row."""
         value = self.value()
         if not value:
             return queryset
-        records = current_suppressions(ConsentRecord.objects.all())
-        if value in Channel.values:
-            records = records.filter(channel=value)
-        return queryset.filter(id__in=records.values("contact_id"))
+        active = Suppression.objects.filter(lifted_at__isnull=True).exclude(address="")
+        emails = active.filter(channel=Channel.EMAIL).values("address")
+        phones = active.filter(channel=Channel.SMS).values("address")
+        queryset = queryset.annotate(email_key=Lower("email"))
+        if value == Channel.EMAIL:
+            return queryset.filter(email_key__in=emails)
+        if value == Channel.SMS:
+            return queryset.filter(phone__in=phones)
+        return queryset.filter(email_key__in=emails) | queryset.filter(phone__in=phones)
 
 
-@admin.register(InboundSms)
 class InboundSmsAdmin(admin.ModelAdmin):
     """The inbox: what recipients wrote back that no keyword covered. Read it; record an
     opt-out when someone asks to stop in their own words."""
@@ -96,16 +101,23 @@ class InboundSmsAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    @admin.action(description="Record as opt-out (revoke SMS for every contact at the number)")
+    @admin.action(description="Record as opt-out (revoke SMS for every contact at the number)", permissions=["change"])
     def record_as_opt_out(self, request: HttpRequest, queryset: QuerySet[InboundSms]) -> None:
         operator = f"admin:{request.user.get_username()}"
-        changed = sum(record_as_opt_out(inbound, operator) for inbound in queryset)
-        self.message_user(request, f"Recorded {queryset.count()} message(s) as opt-outs; {changed} contact(s) revoked.",
+        inbound = list(queryset)
+        changed = 0
+        for message in inbound:
+            revoked = record_as_opt_out(message, operator)
+            record(request, [message], f"Recorded as opt-out via action 'record_as_opt_out': {revoked} contact(s) revoked")
+            changed += revoked
+        self.message_user(request, f"Recorded {len(inbound)} message(s) as opt-outs; {changed} contact(s) revoked.",
                           messages.SUCCESS)
 
-    @admin.action(description="Mark as handled (no opt-out)")
+    @admin.action(description="Mark as handled (no opt-out)", permissions=["change"])
     def mark_handled(self, request: HttpRequest, queryset: QuerySet[InboundSms]) -> None:
-        count = queryset.filter(handled=False).update(
+        pending = list(queryset.filter(handled=False))
+        count = InboundSms.objects.filter(pk__in=[m.pk for m in pending], handled=False).update(
             handled=True, handled_by=f"admin:{request.user.get_username()}", handled_at=timezone.now()
         )
+        record(request, pending, f"Marked as handled via action 'mark_handled' ({count} message(s))")
         self.message_user(request, f"Marked {count} message(s) as handled.")

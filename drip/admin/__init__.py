@@ -1,0 +1,54 @@
+"""The operator's console: one AdminSite (drip/admin/site.py) and every table on it, one
+module per model. Staff act by Django permission (DESIGN.md "Console permissions"): viewing
+changes nothing, every action that changes data needs the model's change permission, and
+anything that reaches a provider needs `send` (drip.send_messages); every such action leaves
+an admin-log entry (drip/console/audit.py)."""
+from __future__ import annotations
+
+from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
+from django_celery_beat import admin as beat
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+
+from ..inbound.admin import InboundSmsAdmin
+from ..models import ConsoleJob, Contact, Event, InboundSms, Message, Registration, Step, Suppression
+from .audit import LogEntryAdmin
+from .base import superusers_only
+from .contacts import ContactAdmin
+from .events import EventAdmin
+from .jobs import ConsoleJobAdmin
+from .messages import MessageAdmin
+from .registrations import RegistrationAdmin
+from .site import site
+from .steps import StepAdmin
+from .suppressions import SuppressionAdmin
+
+site.register(Contact, ContactAdmin)
+site.register(Event, EventAdmin)
+site.register(Registration, RegistrationAdmin)
+site.register(Step, StepAdmin)
+site.register(Message, MessageAdmin)
+site.register(Suppression, SuppressionAdmin)
+site.register(InboundSms, InboundSmsAdmin)
+site.register(ConsoleJob, ConsoleJobAdmin)
+
+# Staff accounts and groups, by Django's own permissions.
+site.register(User, UserAdmin)
+site.register(Group, GroupAdmin)
+
+# For superusers only: the admin log as a list, the beat schedule (where the dispatcher can be
+# switched off) and the login lockouts (deleting an attempt unlocks an account early).
+site.register(LogEntry, LogEntryAdmin)
+site.register(PeriodicTask, superusers_only(beat.PeriodicTaskAdmin))
+site.register(IntervalSchedule, superusers_only(beat.IntervalScheduleAdmin))
+site.register(CrontabSchedule, superusers_only(beat.CrontabScheduleAdmin))
+site.register(SolarSchedule, superusers_only(beat.SolarScheduleAdmin))
+site.register(ClockedSchedule, superusers_only(beat.ClockedScheduleAdmin))
+site.register(AccessAttempt, superusers_only(AccessAttemptAdmin))
+site.register(AccessLog, superusers_only(AccessLogAdmin))
+site.register(AccessFailureLog, superusers_only(AccessFailureLogAdmin))
+
+__all__ = ["site"]
