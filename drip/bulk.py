@@ -1,8 +1,8 @@
 """Enrollments applied set-based: a list of `event.enrolled` in a constant number of statements.
 
-What `drip.intake.apply.enrolled` does for one item (upsert the contact, record consent,
-upsert the event, check and create the registration, plan its pre-event funnel), done for a
-whole list: everything the list names is read in four queries, the items are then applied in
+The one enrollment path (the API, `send_event`, the CSV import): for each item, upsert the
+contact, record consent, upsert the event, check and create the registration, plan its
+pre-event funnel; for a whole list: everything the list names is read in five queries, the items are then applied in
 order to that state in memory (so a contact or an event named twice behaves as applying the
 items one after the other would), and what changed is written at the end, a statement per
 table (new rows with bulk_create, changed ones with bulk_update, a revocation's unsent
@@ -12,7 +12,7 @@ drip.scheduler.schedule_steps, which inserts them and claims the welcome steps i
 Two rare cases go through the per-item services, after writing what came before them: an
 event whose start changes (services.reschedule, once per change) and a cancelled
 registration enrolled again (services.enroll reactivates it). Errors name the item's field
-with the same messages as the per-item path. Runs in the caller's transaction.
+with the same messages as the services. Runs in the caller's transaction.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import services
-from .consent import NEWEST_FIRST, may_lift, no_consent_reason
+from .consent import NEWEST_FIRST, hash_of, may_lift, no_consent_reason, refusal
 from .errors import FieldError, shown
-from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
+from .models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step, Suppression
 from .planning import enrollment_steps, step_insert_select
 from .publish import batches
 from .rows import insert_rows
@@ -41,6 +41,7 @@ CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "timezone")
 SOURCE = ConsentRecord.Source.API
 DETAIL = "api:event.enrolled"
 BATCH = 5000  # ids per statement: SQLite caps the parameters of one
+EVENT_FIELDS = {"title": "eventTitle", "join_url": "joinUrl"}  # as the producer names them
 
 
 class Wanted(Protocol):
@@ -69,6 +70,8 @@ class Wanted(Protocol):
     @property
     def join_url(self) -> str | None: ...
     @property
+    def registrant_join_url(self) -> str | None: ...
+    @property
     def email_consent(self) -> bool | None: ...
     @property
     def sms_consent(self) -> bool | None: ...
@@ -76,7 +79,7 @@ class Wanted(Protocol):
 
 @dataclass
 class Enrolled:
-    """What one item did, in the words of the per-item path ("created", "matched"...)."""
+    """What one item did ("created", "matched"...), for the producer's answer."""
 
     contact_id: str
     event_id: str
@@ -90,6 +93,7 @@ class Enrolled:
     refused: dict[str, str]
     steps_planned: int = 0
     rescheduled: services.Rescheduled | None = None  # the event's start moved with this item
+    event_updated: list[str] = field(default_factory=list)  # the event's fields this item changed (camelCase)
 
 
 @dataclass
@@ -99,6 +103,7 @@ class _Registration:
     event: str
     status: str
     pk: int | None = None
+    join_url: str = ""
 
 
 @dataclass
@@ -113,11 +118,13 @@ class _Pending:
     consents: list[tuple[str, str, bool, datetime]] = field(default_factory=list)
     revoked: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     registrations: list[tuple[_Registration, Enrolled]] = field(default_factory=list)
+    # Registrations that exist and got a new join link of their own.
+    join_urls: dict[int, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
             self.contacts or self.contact_changes or self.events or self.event_changes or self.consents
-            or self.revoked or self.registrations
+            or self.revoked or self.registrations or self.join_urls
         )
 
 
@@ -135,10 +142,12 @@ class _Run:
         self.events: dict[str, Event] = {}
         self.by_id: dict[str, _Registration] = {}
         self.by_pair: dict[tuple[str, str], _Registration] = {}
-        # (granted, source, detail) of the record in force per (contact, channel).
-        self.latest: dict[tuple[str, str], tuple[bool, str, str]] = {}
+        # Whether the record in force per (contact, channel) is a grant.
+        self.latest: dict[tuple[str, str], bool] = {}
+        # The active suppressions of every address the list names or its contacts hold.
+        self.suppressions: dict[tuple[str, str], Suppression] = {}
 
-    # --- reading: four queries ---------------------------------------------------------
+    # --- reading: five queries ---------------------------------------------------------
 
     def _load(self) -> None:
         wanted = [d for _, d in self.items]
@@ -157,20 +166,27 @@ class _Run:
                 | Q(contact_id__in=list(contact_pks), event_id__in=list(event_pks))
             )
             .order_by("pk")
-            .values_list("pk", "external_id", "status", "contact__external_id", "event__external_id")
+            .values_list("pk", "external_id", "status", "contact__external_id", "event__external_id", "join_url")
         )
-        for pk, external_id, status, contact, event in rows:
-            registration = _Registration(external_id, contact, event, status, pk)
+        for pk, external_id, status, contact, event, join_url in rows:
+            registration = _Registration(external_id, contact, event, status, pk, join_url)
             self.by_id[external_id] = registration
             self.by_pair[(contact, event)] = registration
         # The newest record per (contact, channel) is the consent in force (drip.consent.ConsentView).
         records = (
             ConsentRecord.objects.filter(contact_id__in=list(contact_pks))
             .order_by("contact_id", "channel", *NEWEST_FIRST)
-            .values_list("contact_id", "channel", "granted", "source", "detail")
+            .values_list("contact_id", "channel", "granted")
         )
-        for contact_pk, channel, granted, source, detail in records:
-            self.latest.setdefault((contact_pks[contact_pk], channel), (granted, source, detail))
+        for contact_pk, channel, granted in records:
+            self.latest.setdefault((contact_pks[contact_pk], channel), granted)
+        addresses: set[tuple[str, str]] = {(Channel.EMAIL, d.contact_email) for d in wanted}
+        addresses |= {(Channel.SMS, d.contact_phone or "") for d in wanted}
+        addresses |= {(ch, c.address_for(ch)) for c in self.contacts.values() for ch in Channel.values}
+        hashes = sorted({hash_of(ch, a) for ch, a in addresses if a})
+        for batch in (hashes[i : i + BATCH] for i in range(0, len(hashes), BATCH)):
+            for suppression in Suppression.objects.filter(address_hash__in=batch, lifted_at__isnull=True):
+                self.suppressions[(suppression.channel, suppression.address_hash)] = suppression
 
     # --- applying, in order, in memory -----------------------------------------------
 
@@ -183,11 +199,12 @@ class _Run:
     def _one(self, at: str, d: Wanted) -> Enrolled:
         contact_state = self._contact(d)
         consent, refused = self._consent(d)
-        event_state, rescheduled = self._event(at, d)
+        updated: list[str] = []
+        event_state, rescheduled = self._event(at, d, updated)
         registration, registration_state, planned = self._registration(at, d)
         outcome = Enrolled(
             d.contact_id, d.event_id, registration.external_id, contact_state, event_state, registration_state,
-            self.events[d.event_id].status, registration.status, consent, refused, planned, rescheduled,
+            self.events[d.event_id].status, registration.status, consent, refused, planned, rescheduled, updated,
         )
         if registration_state == "created":
             self.pending.registrations.append((registration, outcome))  # its steps are counted when planned
@@ -213,35 +230,38 @@ class _Run:
         return "updated" if changed else "matched"
 
     def _consent(self, d: Wanted) -> tuple[dict[str, bool], dict[str, str]]:
-        """drip.consent.record_consent's rule, for each channel the item names."""
+        """drip.consent.record_consent's rule, for each channel the item names: a producer's
+        grant never lifts the suppression of the address the contact now holds."""
         refused: dict[str, str] = {}
+        contact = self.contacts[d.contact_id]
         channel: str
         for channel, wanted in ((Channel.EMAIL, d.email_consent), (Channel.SMS, d.sms_consent)):
             if wanted is None:
                 continue
-            current = self.latest.get((d.contact_id, channel))
-            if current is not None and current[0] == wanted:
+            suppression = self._suppression(contact, channel)
+            if wanted and not may_lift(suppression, SOURCE):
+                assert suppression is not None  # may_lift allows every grant when nothing is suppressed
+                log.info("consent grant refused contact=%s channel=%s source=%s: %s", d.contact_id, channel, SOURCE,
+                         refusal(suppression))
+                refused[channel] = refusal(suppression)
                 continue
-            if wanted and current is not None:
-                granted, source, detail = current
-                if not may_lift(ConsentRecord(granted=granted, source=source, detail=detail), SOURCE):
-                    log.info(
-                        "consent grant refused contact=%s channel=%s source=%s: suppressed by %s (%s)",
-                        d.contact_id, channel, SOURCE, source, detail,
-                    )
-                    refused[channel] = f"suppressed by the {source} ({detail})"
-                    continue
-            self.latest[(d.contact_id, channel)] = (wanted, SOURCE, DETAIL)
+            if self.latest.get((d.contact_id, channel)) == wanted:
+                continue
+            self.latest[(d.contact_id, channel)] = wanted
             self.pending.consents.append((d.contact_id, channel, wanted, timezone.now()))
             if not wanted:
                 self.pending.revoked[channel].add(d.contact_id)
-        consent: dict[str, bool] = {}
-        for name in Channel.values:
-            in_force = self.latest.get((d.contact_id, name))
-            consent[name] = bool(in_force and in_force[0])
+        consent = {
+            name: bool(self.latest.get((d.contact_id, name))) and self._suppression(contact, name) is None
+            for name in Channel.values
+        }
         return consent, refused
 
-    def _event(self, at: str, d: Wanted) -> tuple[str, services.Rescheduled | None]:
+    def _suppression(self, contact: Contact, channel: str) -> Suppression | None:
+        address = contact.address_for(channel)
+        return self.suppressions.get((channel, hash_of(channel, address))) if address else None
+
+    def _event(self, at: str, d: Wanted, updated: list[str]) -> tuple[str, services.Rescheduled | None]:
         event = self.events.get(d.event_id)
         if event is None:
             event = Event(
@@ -258,8 +278,12 @@ class _Run:
         if d.join_url is not None and event.join_url != d.join_url:
             event.join_url = d.join_url
             changed.append("join_url")
-        if changed and event.pk is not None:
-            self.pending.event_changes[d.event_id].update(changed)
+        if changed:
+            # Every registrant of the event sees these: said in the answer and the log.
+            updated.extend(EVENT_FIELDS[name] for name in changed)
+            log.info("event %s updated by an enrollment: %s", event.pk or "(new in this list)", ", ".join(changed))
+            if event.pk is not None:
+                self.pending.event_changes[d.event_id].update(changed)
         if event.starts_at == d.scheduled_at:
             return ("updated" if changed else "matched"), None
         if event.status != Event.Status.SCHEDULED:
@@ -292,9 +316,15 @@ class _Run:
                     f"{at}registrationId",
                 )
         if existing is None:
-            registration = _Registration(d.registration_id, d.contact_id, d.event_id, Registration.Status.ACTIVE)
+            registration = _Registration(
+                d.registration_id, d.contact_id, d.event_id, Registration.Status.ACTIVE, join_url=d.registrant_join_url or ""
+            )
             self.by_id[d.registration_id] = self.by_pair[(d.contact_id, d.event_id)] = registration
             return registration, "created", 0
+        if d.registrant_join_url is not None and d.registrant_join_url != existing.join_url:
+            existing.join_url = d.registrant_join_url
+            if existing.pk is not None:
+                self.pending.join_urls[existing.pk] = d.registrant_join_url
         if existing.status == Registration.Status.ACTIVE:
             return existing, "matched", 0
         # Re-enrollment is rare: the service does it, on what has been written so far.
@@ -328,6 +358,8 @@ class _Run:
             # At once, not at each message's send-time check: a send batch may hold them.
             ids = [self.contacts[c].pk for c in revoked]
             Message.objects.filter(contact_id__in=ids, channel=channel).withdraw_for_revocation(no_consent_reason(channel), now)
+        for pk, join_url in pending.join_urls.items():  # rare: one registrant's link changed
+            Registration.objects.filter(pk=pk).update(join_url=join_url)
         self._plan(pending.registrations, now)
 
     def _insert_contacts(self, contacts: list[Contact], now: datetime) -> None:
@@ -339,7 +371,8 @@ class _Run:
 
     def _plan(self, created: list[tuple[_Registration, Enrolled]], now: datetime) -> None:
         pks = insert_rows(Registration, [
-            {"external_id": r.external_id, "contact_id": self.contacts[r.contact].pk, "event_id": self.events[r.event].pk}
+            {"external_id": r.external_id, "contact_id": self.contacts[r.contact].pk, "event_id": self.events[r.event].pk,
+             "join_url": r.join_url}
             for r, _ in created
         ], now)
         for pk, (registration, _) in zip(pks, created, strict=True):

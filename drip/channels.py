@@ -486,7 +486,7 @@ def _email_headers(message: Message) -> dict[str, str]:
     the operator's ESP set-up) and our own id."""
     return {
         "X-Drip-Message-Id": str(message.pk),
-        "List-Unsubscribe": f"<{unsubscribe_url(message.contact_id)}>",
+        "List-Unsubscribe": f"<{unsubscribe_url(message.contact_id, message.to)}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
 

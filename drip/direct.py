@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .errors import FieldError
+from .funnels import purpose_of
 from .models import Channel, Contact, Message, Registration
 from .publish import enqueue_sends
 
@@ -74,7 +75,7 @@ def send_direct(
             message = Message.objects.create(
                 contact=contact, registration=registration, channel=channel, template_type=template_type,
                 step_type=step_type, idempotency_key=idempotency_key or None, to=contact.address_for(channel),
-                expires_at=None, next_attempt_at=timezone.now(),
+                purpose=purpose_of(template_type), expires_at=None, next_attempt_at=timezone.now(),
             )
             transaction.on_commit(lambda: enqueue_sends([(message.pk, message.channel)]))
     except IntegrityError:
@@ -101,7 +102,7 @@ def send_direct_many(
         Message(
             contact=registration.contact, registration=registration, channel=Channel.EMAIL, template_type=template_type,
             step_type=step_type, idempotency_key=key, to=registration.contact.address_for(Channel.EMAIL),
-            expires_at=expires_at, next_attempt_at=now,
+            purpose=purpose_of(template_type), expires_at=expires_at, next_attempt_at=now,
         )
         for registration, key in recipients if key not in used
     ])

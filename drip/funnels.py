@@ -141,5 +141,12 @@ def funnel_step(step: Step) -> tuple[Funnel, FunnelStep]:
     return found, found.step(step.key)
 
 
+def purpose_of(template_type: str) -> str:
+    """The purpose of the funnel step that defines this template (marketing if any step
+    sending it is): a direct send of a marketing template is paced as the funnel's is."""
+    purposes = {s.purpose for f in _FUNNELS.values() for s in f.steps if s.template_type == template_type}
+    return Purpose.MARKETING if Purpose.MARKETING in purposes else Purpose.TRANSACTIONAL
+
+
 def template_types() -> frozenset[str]:
     return frozenset(s.template_type for f in _FUNNELS.values() for s in f.steps)

@@ -158,6 +158,9 @@ class AddressKey(models.Model):
     key = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return f"address key made {self.created_at:%Y-%m-%d}"  # never the key itself
+
 
 class Event(models.Model):
     class Status(models.TextChoices):

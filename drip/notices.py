@@ -31,10 +31,10 @@ def send_new_time_notices(event: Event, old_start: datetime, version: str) -> in
         Registration.objects.filter(event=event, status=Registration.Status.ACTIVE).exclude(contact__email="")
         .select_related("contact")
     )
-    consent = ConsentView(r.contact_id for r in registrations)
+    consent = ConsentView(r.contact for r in registrations)
     recipients = [
         (r, f"{NEW_TIME}:{r.pk}:{old_start.isoformat()}>{event.starts_at.isoformat()}@{version}")
-        for r in registrations if consent.granted(r.contact_id, Channel.EMAIL)
+        for r in registrations if consent.granted(r.contact, Channel.EMAIL)
     ]
     for registration, _ in recipients:
         registration.event = event  # the moved start, without a query per row

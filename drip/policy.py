@@ -47,7 +47,7 @@ def channel_block_reason(contact: Contact, channel: str, consent: ConsentView | 
     """`consent` is a batch's view of its contacts' consent; without one, it is read here."""
     if not contact.address_for(channel):
         return f"contact has no {'email address' if channel == 'email' else 'phone number'}"
-    granted = consent.granted(contact.pk, channel) if consent is not None else has_consent(contact, channel)
+    granted = consent.granted(contact, channel) if consent is not None else has_consent(contact, channel)
     if not granted:
         return no_consent_reason(channel)
     return ""

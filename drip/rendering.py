@@ -65,7 +65,7 @@ def message_context(message: Message) -> dict[str, Any]:
     registration = message.registration
     event = registration.event if registration else None
     tz = contact.timezone or (event.timezone if event else "UTC")
-    links: dict[str, str] = {"base": settings.PUBLIC_BASE_URL, "unsubscribe": unsubscribe_url(contact.pk)}
+    links: dict[str, str] = {"base": settings.PUBLIC_BASE_URL, "unsubscribe": unsubscribe_url(contact.pk, contact.email)}
     context: dict[str, Any] = {
         "tz": tz,
         "contact": {
@@ -79,13 +79,15 @@ def message_context(message: Message) -> dict[str, Any]:
         "registration": None,
     }
     if event is not None and registration is not None:
+        # The registrant's own join link (Zoom's per-registrant links) wins over the event's.
+        join_url = registration.join_url or event.join_url
         context["event"] = {
             "title": event.title, "starts_at": event.starts_at, "timezone": event.timezone,
-            "join_url": event.join_url, "completed_at": event.completed_at,
+            "join_url": join_url, "completed_at": event.completed_at,
             "recording_url": event.recording_url, "slides_url": event.slides_url,
         }
         context["registration"] = {"id": registration.external_id, "attended": registration.attended}
-        links["join"] = event.join_url
+        links["join"] = join_url
     return context
 
 

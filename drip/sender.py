@@ -26,9 +26,9 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from .channels import Transport, TransportError, transport_for
-from .consent import ConsentView, record_for_address
+from .consent import ConsentView, suppress
 from .logs import IdsAdapter, message_log
-from .models import HELD, VERIFYING, Channel, ConsentRecord, Contact, Message, MessageQuerySet
+from .models import HELD, VERIFYING, Channel, Contact, Message, MessageQuerySet, Suppression
 from .policy import frequency_cap_reason, frequency_capped, message_block, message_expiry, quiet_hours_end
 from .publish import enqueue_sends, enqueue_verifications
 from .ratelimit import reserve_send_slot
@@ -64,7 +64,7 @@ def send_batch(message_ids: list[int]) -> None:
     if not claimed:
         return  # sent, skipped, in flight elsewhere, or not due yet: nothing to do
     batch = _load_batch(message_ids, token)
-    consent = ConsentView((m.contact_id for m in batch), max_age=CONSENT_MAX_AGE)
+    consent = ConsentView((m.contact for m in batch), max_age=CONSENT_MAX_AGE)
     outbox = _Outbox(consent)
     numbers = [sms_number(m) for m in batch if m.channel == Channel.SMS]
     reached = numbers_reached_before(numbers) if numbers else set()
@@ -387,14 +387,12 @@ def _on_transport_error(message: Message, exc: TransportError, consent: ConsentV
     attempts = message.attempts
     if exc.revoke_consent:
         # The provider's opt-out belongs to the address: every contact reached at it.
-        changes = record_for_address(
-            message.channel, message.to or message.contact.address_for(message.channel), False, ConsentRecord.Source.PROVIDER,
+        address = message.to or message.contact.address_for(message.channel)
+        suppress(
+            message.channel, address, Suppression.Source.PROVIDER,
             detail="twilio:21610" if message.channel == Channel.SMS else "esp:rejected", reason=exc.message,
         )
-        for change in changes:
-            if change.current is not None:
-                consent.revoked(change.current.contact_id, message.channel)
-        consent.revoked(message.contact_id, message.channel)
+        consent.suppressed(message.channel, address)
     if exc.permanent or attempts >= settings.DRIP_SEND_MAX_ATTEMPTS:
         why = "permanent" if exc.permanent else f"gave up after {attempts} attempts"
         _finish(message, Message.Status.FAILED, error=f"{exc.message} ({why})")

@@ -24,7 +24,7 @@ from .planning import cancel_steps, plan_enrollment, replan_for_new_start
 
 __all__ = [
     "CompletionSummary", "Enrolled", "Rescheduled", "cancel_event", "cancel_registration", "check_completable",
-    "complete_event", "enroll", "reschedule", "resolve_attendees", "set_attendance", "upsert_contact",
+    "complete_event", "enroll", "reschedule", "resolve_attendees", "set_attendance",
 ]
 log = logging.getLogger("drip.services")
 # A message in one of these reached (or may have reached) its provider: never sent again.
@@ -143,17 +143,3 @@ def set_attendance(registration: Registration, attended: bool | None) -> list[St
         Registration.objects.filter(pk=registration.pk).update(attended=attended)
         registration.attended = attended
         return replan_for_attendance(registration) if changed else []
-
-
-def upsert_contact(external_id: str, given: dict[str, Any]) -> tuple[Contact, str]:
-    """Create the contact, or change the fields given that differ. Returns the contact and
-    "created", "updated" or "matched"."""
-    contact, created = Contact.objects.get_or_create(external_id=external_id, defaults=given)
-    if created:
-        return contact, "created"
-    changed = [k for k, v in given.items() if getattr(contact, k) != v]
-    for name in changed:
-        setattr(contact, name, given[name])
-    if changed:
-        contact.save(update_fields=[*changed, "updated_at"])
-    return contact, "updated" if changed else "matched"

@@ -94,22 +94,24 @@ def _decide(step: Step, now: datetime) -> Block | None:
 
 
 def _messages_for(runnable: list[Step], now: datetime) -> list[Message]:
-    consent = ConsentView(s.registration.contact_id for s in runnable)
+    """Every channel of every step gets a queued message: consent, the address and quiet
+    hours may change before the due time, so the sender decides them at the send. Only
+    what is allowed now is rendered ahead (the rest is likely skipped: no work wasted)."""
+    consent = ConsentView(s.registration.contact for s in runnable)
     messages = []
     for step in runnable:
         _, definition = funnel_step(step)
         registration = step.registration
         contact = registration.contact
         for channel in definition.channels:
-            reason = channel_block_reason(contact, channel, consent)
             message = Message(
                 step=step, contact=contact, registration=registration, channel=channel,
                 template_type=definition.template_type, to=contact.address_for(channel), purpose=definition.purpose,
-                status=Message.Status.SKIPPED if reason else Message.Status.QUEUED,
+                status=Message.Status.QUEUED,
                 # Prepared ahead (DRIP_STEP_LEAD): not sent before the step is due.
-                error=reason, expires_at=step.expires_at, next_attempt_at=max(now, step.due_at),
+                expires_at=step.expires_at, next_attempt_at=max(now, step.due_at),
             )
-            if not reason:
+            if not channel_block_reason(contact, channel, consent):
                 render_ahead(message)
             messages.append(message)
     return messages

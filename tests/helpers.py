@@ -9,14 +9,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from django.conf import settings as django_settings
 from django.db import connection
 
-from drip.consent import latest_record
-from drip.models import ConsentRecord, Contact, Message, Registration, Step
+from drip.consent import active_suppression, latest_record
+from drip.models import Contact, Message, Registration, Step
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every queue a worker consumes (celery_app.ALL_QUEUES): control, steps, email, sms, messages.
@@ -120,8 +121,24 @@ class Ticker:
                 task.delay()
 
 
-def current(contact: Contact, channel: str) -> ConsentRecord:
-    """The consent record in force (there must be one)."""
+@dataclass(frozen=True)
+class InForce:
+    """What decides a contact's consent on a channel: the address's suppression, else the
+    contact's latest record."""
+
+    granted: bool
+    source: str
+    detail: str
+    reason: str
+    is_suppression: bool
+
+
+def current(contact: Contact, channel: str) -> InForce:
+    """The consent in force (there must be a suppression or a record)."""
+    contact.refresh_from_db()
+    suppression = active_suppression(channel, contact.address_for(channel))
+    if suppression is not None:
+        return InForce(False, suppression.source, suppression.detail, suppression.reason, True)
     record = latest_record(contact, channel)
     assert record is not None
-    return record
+    return InForce(record.granted, record.source, record.detail, record.reason, False)

@@ -230,7 +230,7 @@ def test_a_contact_without_consent_is_skipped_with_the_reason(db):
     message = loaded(direct(Channel.SMS, sms_consent=False))
     now = timezone.now()
     assert message_block(message, now) == Block(Message.Status.SKIPPED, "no sms consent")
-    view = ConsentView([message.contact_id])
+    view = ConsentView([message.contact])
     assert message_block(message, now, view) == Block(Message.Status.SKIPPED, "no sms consent")
     assert channel_block_reason(message.contact, Channel.EMAIL, view) == ""  # consent is per channel
 
@@ -239,5 +239,5 @@ def test_a_contact_with_consent_may_be_sent_to(db):
     message = loaded(direct(Channel.EMAIL))
     now = timezone.now()
     assert message_block(message, now) is None
-    assert message_block(message, now, ConsentView([message.contact_id])) is None
+    assert message_block(message, now, ConsentView([message.contact])) is None
     assert channel_block_reason(message.contact, Channel.SMS) == ""

@@ -29,6 +29,7 @@ from drip.sender import send_batch
 from drip.sms import GSM7, UCS2, sms_segments
 from drip.steps import run_step_batch
 from tests.factories import enroll, make_contact, make_event, register_quietly
+from tests.helpers import current
 from tests.recording import Call
 
 TWILIO_URI = "/2010-04-01/Accounts/ACtest/Messages.json"
@@ -155,7 +156,7 @@ def test_an_opt_out_from_twilio_revokes_consent_and_withdraws_the_contacts_other
         Message.Status.FAILED, "twilio 400 error 21610: Attempt to send to unsubscribed recipient (permanent)",
     )
     assert not has_consent(contact, Channel.SMS) and has_consent(contact, Channel.EMAIL)
-    record = contact.consents.filter(channel=Channel.SMS).first()
+    record = current(contact, Channel.SMS)
     assert (record.granted, record.source, record.detail) == (False, ConsentRecord.Source.PROVIDER, "twilio:21610")
     assert "21610" in record.reason
     assert (fresh(other_sms).status, other_sms.error) == (Message.Status.SKIPPED, "no sms consent")
@@ -172,7 +173,7 @@ def test_an_esp_rejection_revokes_email_consent_for_the_rest_of_the_batch(db, re
     assert fresh(first).status == Message.Status.FAILED and "(permanent)" in first.error
     assert (fresh(second).status, second.error) == (Message.Status.SKIPPED, "no email consent")
     assert recording.ids() == [first.pk]
-    record = first.contact.consents.filter(channel=Channel.EMAIL).first()
+    record = current(first.contact, Channel.EMAIL)
     assert (record.granted, record.source, record.detail) == (False, ConsentRecord.Source.PROVIDER, "esp:rejected")
 
 
@@ -357,10 +358,10 @@ def test_expiry_is_checked_for_each_message_right_before_the_call_they_share(db,
 def test_a_batched_call_records_its_calls_and_outcomes_in_one_write_each(db, recording, django_assert_max_num_queries):
     recording.batch_max = 10
     ids = [direct(Channel.EMAIL).pk for _ in range(10)]
-    # 3 per batch (claim, load, consent), one write before the call for the ten, one for
-    # their outcomes (one per message where the database has no arrays to update from).
+    # 4 per batch (claim, load, consent records, suppressions), one write before the call for
+    # the ten, one for their outcomes (one per message where the database has no arrays to update from).
     writes = 1 if connection.vendor == "postgresql" else 10
-    with django_assert_max_num_queries(3 + writes + writes):
+    with django_assert_max_num_queries(4 + writes + writes):
         send_batch(ids)
     assert recording.requests == [ids]
     assert dict(Message.objects.values_list("id", "provider_message_id")) == {pk: f"rec-{n}" for n, pk in enumerate(ids, 1)}

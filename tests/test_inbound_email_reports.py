@@ -13,7 +13,7 @@ from django.test import Client
 from django.utils import timezone
 
 from drip.consent import has_consent
-from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, Message
+from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, Message, Suppression
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import SCALE, current, settled, wait_until
 
@@ -219,14 +219,27 @@ def test_a_repeated_report_changes_nothing(client, db, secret):
         assert post(client, bounce(message)).status_code == 200
         assert post(client, delivery(message)).status_code == 200
     assert DeliveryReport.objects.count() == 2
-    assert ConsentRecord.objects.filter(contact=message.contact, granted=False).count() == 1
+    assert Suppression.objects.filter(channel=Channel.EMAIL).count() == 1
 
 
-def test_a_report_for_an_unknown_message_is_answered_200_and_stores_nothing(client, db, secret):
+def test_a_delivery_for_an_unknown_message_is_answered_200_and_stores_nothing(client, db, secret):
     message = sent_email()
-    payload = {**bounce(message), "MessageID": str(uuid.uuid4()), "Metadata": {}}
+    payload = {**delivery(message), "MessageID": str(uuid.uuid4()), "Metadata": {}}
     assert post(client, payload).status_code == 200
     assert not DeliveryReport.objects.exists() and has_consent(message.contact, Channel.EMAIL)
+
+
+def test_a_hard_bounce_for_an_unknown_message_still_suppresses_the_address_it_names(client, db, secret):
+    """The ESP is the authority on its own reports: it has deactivated the address for every
+    sender on the server, whether or not Drip knows the message (sent before a restore, by
+    another tool on the same server...)."""
+    message = sent_email()
+    twin = make_contact(email=message.contact.email.upper())
+    payload = {**bounce(message), "MessageID": str(uuid.uuid4()), "Metadata": {}}
+    assert post(client, payload).status_code == 200
+    assert not DeliveryReport.objects.exists()
+    assert not has_consent(message.contact, Channel.EMAIL) and not has_consent(twin, Channel.EMAIL)
+    assert current(twin, Channel.EMAIL).source == "provider"
 
 
 def test_the_metadata_finds_the_message_when_the_provider_id_does_not(client, db, secret):

@@ -11,9 +11,9 @@ from django.test import Client
 from django.utils import timezone
 from twilio.request_validator import RequestValidator
 
-from drip.consent import has_consent
+from drip.consent import has_consent, record_consent
 from drip.direct import send_direct
-from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, InboundSms, Message, Registration, Step
+from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, InboundSms, Message, Registration, Step, Suppression
 from tests.factories import enroll, make_contact, make_event, register_quietly
 from tests.helpers import current, settled, wait_until
 
@@ -175,7 +175,7 @@ def test_a_repeated_status_report_changes_nothing(client, db, twilio):
     for _ in range(3):
         assert report(client, message, "undelivered", "30005").status_code == 204
     assert DeliveryReport.objects.count() == 1
-    assert ConsentRecord.objects.filter(contact=message.contact, channel=Channel.SMS, granted=False).count() == 1
+    assert Suppression.objects.filter(channel=Channel.SMS).count() == 1
 
 
 def test_a_report_for_an_unknown_message_is_answered_and_stores_nothing(client, db, twilio):
@@ -220,15 +220,36 @@ def test_twilio_opt_out_type_is_honoured(client, db, twilio):
     assert not has_consent(contact, Channel.SMS)
 
 
-@pytest.mark.parametrize("word", ["START", "yes", " unstop "])
+@pytest.mark.parametrize("word", ["START", " unstop "])
 def test_an_opt_in_keyword_lifts_the_recipients_own_stop(client, db, twilio, word):
     contact = make_contact()
     signed_post(client, INBOUND, inbound_params(contact.phone, "STOP"))
     assert not has_consent(contact, Channel.SMS)
     signed_post(client, INBOUND, inbound_params(contact.phone, word))
+    # The STOP is undone: the producer's grant before it is in force again, nothing new granted.
     record = current(contact, Channel.SMS)
-    expected = (True, ConsentRecord.Source.RECIPIENT, f"twilio:{word.strip().upper()}")
-    assert (record.granted, record.source, record.detail) == expected
+    assert (record.granted, record.source, record.is_suppression) == (True, ConsentRecord.Source.API, False)
+    stop = Suppression.objects.get(channel=Channel.SMS)
+    assert (stop.detail, stop.lifted_by, stop.lifted_at is not None) == ("twilio:STOP", f"twilio:{word.strip().upper()}", True)
+
+
+@pytest.mark.parametrize("word", ["START", "Yes", "UNSTOP"])
+def test_start_never_grants_consent_nobody_gave(client, db, twilio, word):
+    contact = make_contact(sms_consent=False)
+    signed_post(client, INBOUND, inbound_params(contact.phone, word))
+    assert not has_consent(contact, Channel.SMS)
+    assert not contact.consents.filter(channel=Channel.SMS, granted=True).exists()
+    # "yes" is no keyword: people answer yes to anything; it waits in the inbox.
+    expected = InboundSms.Kind.OTHER if word == "Yes" else InboundSms.Kind.OPT_IN
+    assert InboundSms.objects.get().kind == expected
+
+
+def test_start_never_lifts_a_providers_suppression(client, db, twilio):
+    contact = make_contact()
+    record_consent(contact, Channel.SMS, False, ConsentRecord.Source.PROVIDER, detail="twilio:30006")  # a landline
+    signed_post(client, INBOUND, inbound_params(contact.phone, "START"))
+    assert not has_consent(contact, Channel.SMS)
+    assert Suppression.objects.get().lifted_at is None
 
 
 @pytest.mark.parametrize("word", ["HELP", "info", " Help "])

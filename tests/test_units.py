@@ -16,7 +16,7 @@ from campaigns.funnels import POST_EVENT, PRE_EVENT
 from drip import services
 from drip.channels import classify
 from drip.consent import Outcome, has_consent, record_consent
-from drip.models import Channel, ConsentRecord, Message, Step
+from drip.models import Channel, ConsentRecord, Message, Step, Suppression
 from drip.planning import build_step
 from drip.rendering import RenderError, format_when, render_message
 from tests.factories import enroll, make_contact, make_event
@@ -68,9 +68,12 @@ def test_an_api_grant_never_lifts_a_recipient_suppression(db):
     assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.API).outcome is Outcome.REFUSED
     assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.ADMIN).outcome is Outcome.REFUSED  # no reason given
     assert not has_consent(contact, Channel.SMS)
-    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.RECIPIENT, detail="twilio:START").recorded
+    # The recipient's own undo lifts their STOP: the producer's grant before it is in force again.
+    assert record_consent(contact, Channel.SMS, True, ConsentRecord.Source.RECIPIENT, detail="twilio:START").granted
     assert has_consent(contact, Channel.SMS)
-    assert contact.consents.filter(channel=Channel.SMS).count() == 3  # a history, not a flag
+    assert contact.consents.filter(channel=Channel.SMS).count() == 1  # the grant; the STOP is the address's
+    stop = Suppression.objects.get(channel=Channel.SMS)
+    assert (stop.source, stop.detail, stop.lifted_at is not None) == ("recipient", "twilio:STOP", True)
 
 
 def message_for(contact, template_type="welcome", channel=Channel.EMAIL) -> Message:

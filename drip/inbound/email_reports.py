@@ -14,8 +14,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpR
 from django.urls import URLPattern
 from django.utils import timezone
 
-from ..models import Channel, DeliveryReport, Message
-from .reports import Report, record_report
+from ..consent import suppress
+from ..models import Channel, DeliveryReport, Message, Suppression
+from .reports import DETAIL_LIMIT, Report, record_report
 
 log = logging.getLogger("drip.inbound")
 Kind = DeliveryReport.Kind
@@ -44,13 +45,18 @@ SUPPRESSING_REJECTIONS = {RejectReason.BOUNCED, RejectReason.SPAM, RejectReason.
 def on_tracking(sender: object, event: AnymailTrackingEvent, esp_name: str, **kwargs: Any) -> None:
     """anymail.signals.tracking receiver (connected in DripConfig.ready)."""
     message = find_message(event)
+    report = report_from(event, esp_name)
     if message is None:
         # Mail sent by something else through the same ESP account, or long purged: say so
-        # and answer 200 (anymail does), or the ESP retries it for days.
-        log.warning("%s %s report for an unknown message (provider id %s, metadata %s); ignored",
-                    esp_name, event.event_type, event.message_id, event.metadata)
+        # and answer 200 (anymail does), or the ESP retries it for days. A hard bounce or a
+        # complaint still suppresses the address: the ESP refuses it for every sender now.
+        if report.suppress and report.address:
+            suppress(Channel.EMAIL, report.address, Suppression.Source.PROVIDER, detail=report.suppress,
+                     reason=report.detail[:DETAIL_LIMIT])
+        log.warning("%s %s report for an unknown message (provider id %s)%s", esp_name, event.event_type,
+                    event.message_id, ", address suppressed" if report.suppress and report.address else "; ignored")
         return
-    record_report(message, report_from(event, esp_name))
+    record_report(message, report)
 
 
 def find_message(event: AnymailTrackingEvent) -> Message | None:

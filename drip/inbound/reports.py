@@ -15,8 +15,9 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from ..consent import record_consent, record_for_address
-from ..models import ConsentRecord, DeliveryReport, Message
+from ..addresses import normalize
+from ..consent import suppress
+from ..models import DeliveryReport, Message, Suppression
 
 log = logging.getLogger("drip.inbound")
 Kind = DeliveryReport.Kind
@@ -121,16 +122,13 @@ def apply_report(message: Message, report: Report) -> bool:
 
 
 def _suppress(message: Message, report: Report) -> None:
+    """The ESP is the authority on its own reports: the address the report names is
+    suppressed (the message's own when the report names none)."""
     address = report.address or message.to or message.contact.address_for(report.channel)
-    changes = record_for_address(
-        report.channel, address, False, ConsentRecord.Source.PROVIDER, detail=report.suppress[:200],
-        reason=report.detail[:DETAIL_LIMIT],
-    )
-    if not changes:
-        # The address belongs to no contact any more (edited since): the message's own
-        # contact is who the report is about.
-        record_consent(message.contact, report.channel, False, ConsentRecord.Source.PROVIDER,
-                       detail=report.suppress[:200], reason=report.detail[:DETAIL_LIMIT])
+    if report.address and message.to and normalize(report.channel, report.address) != normalize(report.channel, message.to):
+        log.warning("%s report for message %s names another recipient than the message's; suppressing the report's",
+                    report.kind, message.pk)
+    suppress(report.channel, address, Suppression.Source.PROVIDER, detail=report.suppress, reason=report.detail[:DETAIL_LIMIT])
 
 
 def events_for(message: Message) -> list[dict[str, Any]]:

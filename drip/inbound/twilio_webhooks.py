@@ -17,8 +17,8 @@ from django.views.decorators.http import require_POST
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from ..consent import record_for_address
-from ..models import Channel, ConsentRecord, DeliveryReport, InboundSms, Message
+from ..consent import contacts_at, lift_for_recipient, suppress
+from ..models import Channel, DeliveryReport, InboundSms, Message, Suppression
 from .reports import Report, record_report
 
 log = logging.getLogger("drip.inbound")
@@ -50,7 +50,8 @@ STATUS_KINDS = {
 }
 
 OPT_OUT_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
-OPT_IN_WORDS = {"START", "YES", "UNSTOP"}
+# Undo this number's own STOP, nothing more; "yes" is no keyword (people answer yes to anything).
+OPT_IN_WORDS = {"START", "UNSTOP"}
 HELP_WORDS = {"HELP", "INFO"}
 # Twilio's Advanced Opt-Out names the keyword class itself (its own, configurable lists).
 OPT_OUT_TYPES = {"STOP": InboundKind.OPT_OUT, "START": InboundKind.OPT_IN, "HELP": InboundKind.HELP}
@@ -156,11 +157,12 @@ def inbound_sms(request: HttpRequest) -> HttpResponse:
     stored = store_inbound(params.dict(), sender, body, kind)
     if stored is None:
         log.info("repeated inbound sms %s ignored", params.get("MessageSid"))
-    elif kind in (InboundKind.OPT_OUT, InboundKind.OPT_IN):
-        granted = kind == InboundKind.OPT_IN
-        changes = record_for_address(Channel.SMS, sender, granted, ConsentRecord.Source.RECIPIENT, detail=f"twilio:{keyword}")
-        log.info("inbound %s from %s: sms consent %s for %d contact(s)", keyword, sender,
-                 "granted" if granted else "revoked", sum(c.recorded for c in changes))
+    elif kind == InboundKind.OPT_OUT:
+        suppression = suppress(Channel.SMS, sender, Suppression.Source.RECIPIENT, detail=f"twilio:{keyword}")
+        log.info("inbound %s: sms suppression=%s", keyword, suppression.pk if suppression else None)
+    elif kind == InboundKind.OPT_IN:
+        lifted = lift_for_recipient(Channel.SMS, sender, detail=f"twilio:{keyword}")
+        log.info("inbound %s: %s", keyword, "the number's own opt-out lifted" if lifted else "nothing of the recipient's to lift")
     if kind == InboundKind.HELP:
         return twiml(settings.DRIP_SMS_HELP_TEXT)
     # STOP / START confirmations are Twilio's own (its opt-out handling sends them).
@@ -183,14 +185,13 @@ def store_inbound(params: dict[str, str], sender: str, body: str, kind: str) -> 
 
 
 def record_as_opt_out(inbound: InboundSms, operator: str) -> int:
-    """An operator read "please stop texting me": the recipient's own revocation (a
-    suppression only they, or an operator with a reason, can lift). Returns contacts changed."""
-    changes = record_for_address(
-        Channel.SMS, inbound.from_number, False, ConsentRecord.Source.RECIPIENT,
+    """An operator read "please stop texting me": the recipient's own opt-out (a
+    suppression only they, or an operator with a reason, can lift). Returns contacts at it."""
+    suppress(
+        Channel.SMS, inbound.from_number, Suppression.Source.RECIPIENT,
         detail=f"inbound-sms:{inbound.pk}", reason=f"recorded by {operator} from the message: {inbound.body[:500]}",
     )
     InboundSms.objects.filter(pk=inbound.pk).update(
         handled=True, opted_out=True, handled_by=operator[:150], handled_at=timezone.now()
     )
-    return sum(c.recorded for c in changes)
-
+    return len(contacts_at(Channel.SMS, inbound.from_number))

@@ -16,11 +16,10 @@ from typing import Any, TypeVar
 from django.db import IntegrityError, OperationalError, transaction
 
 from drip import bulk, services
-from drip.consent import ConsentChange, has_consent, record_consent
 from drip.direct import send_direct
 from drip.errors import FieldError, shown
 from drip.funnels import Anchor, registered
-from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
+from drip.models import Contact, Event, Message, Registration, Step
 from drip.rendering import RenderError, render_message
 
 from .parse import ParsedEvent, parse_events, parse_json
@@ -98,30 +97,6 @@ def _event_by_id(external_id: str, field: str) -> Event:
 # --- event.enrolled ---------------------------------------------------------------------
 
 
-def enrolled(p: ParsedEvent) -> Result:
-    """Upsert contact, event and registration, then enroll: a new registration starts the
-    pre-event funnel, the same registrationId again matches it and plans nothing, a
-    cancelled one is reactivated."""
-    e = _data(p, Enrollment)
-    given = {
-        "email": e.contact_email, "phone": e.contact_phone, "first_name": e.first_name,
-        "last_name": e.last_name, "timezone": e.timezone,
-    }
-    contact, contact_state = services.upsert_contact(e.contact_id, {k: v for k, v in given.items() if v is not None})
-    consent, refused = _record_consent(contact, p)
-    event, event_state, rescheduled = _upsert_event(p)
-    enrollment = _registration(p, contact, event)
-    result: Result = {
-        "name": "event.enrolled", "contactId": contact.external_id, "eventId": event.external_id,
-        "registrationId": enrollment.registration.external_id, "contact": contact_state, "event": event_state,
-        "registration": enrollment.state, "eventStatus": event.status,
-        "registrationStatus": enrollment.registration.status, "stepsPlanned": enrollment.steps_planned, "consent": consent,
-    }
-    if refused:
-        result["consentRefused"] = refused
-    return {**result, **_moved(rescheduled)}
-
-
 def enrolled_all(events: list[ParsedEvent]) -> list[Result]:
     """`enrolled` for a whole run of enrollments, in a constant number of statements."""
     done = bulk.enroll_all([(p.at, _data(p, Enrollment)) for p in events])
@@ -136,6 +111,8 @@ def _enrolled_result(d: bulk.Enrolled) -> Result:
     }
     if d.refused:
         result["consentRefused"] = d.refused
+    if d.event_updated:
+        result["eventUpdated"] = d.event_updated
     return {**result, **_moved(d.rescheduled)}
 
 
@@ -144,69 +121,6 @@ def _moved(rescheduled: services.Rescheduled | None) -> Result:
     if rescheduled is None or not rescheduled.moved:
         return {}
     return {"remindersMoved": rescheduled.reminders_moved, "noticesQueued": rescheduled.notices_queued}
-
-
-def _record_consent(contact: Contact, p: ParsedEvent) -> tuple[dict[str, bool], dict[str, str]]:
-    """The consent in force per channel and, per channel, why a grant was refused."""
-    changes: dict[str, ConsentChange] = {}
-    e = _data(p, Enrollment)
-    for channel, wanted in ((Channel.EMAIL, e.email_consent), (Channel.SMS, e.sms_consent)):
-        if wanted is not None:
-            changes[channel] = record_consent(contact, channel, wanted, ConsentRecord.Source.API, detail="api:event.enrolled")
-    consent = {
-        channel: changes[channel].granted if channel in changes else has_consent(contact, channel)
-        for channel in Channel.values
-    }
-    refused = {channel: change.refusal() for channel, change in changes.items() if change.refusal()}
-    return consent, refused
-
-
-def _upsert_event(p: ParsedEvent) -> tuple[Event, str, services.Rescheduled | None]:
-    e = _data(p, Enrollment)
-    defaults = {"title": e.event_title, "starts_at": e.scheduled_at, "timezone": e.timezone or "UTC", "join_url": e.join_url or ""}
-    event, created = Event.objects.get_or_create(external_id=e.event_id, defaults=defaults)
-    if created:
-        return event, "created", None
-    event = Event.objects.select_for_update().get(pk=event.pk)
-    changed = {}
-    if event.title != e.event_title:
-        changed["title"] = e.event_title
-    if e.join_url is not None and event.join_url != e.join_url:
-        changed["join_url"] = e.join_url
-    if changed:
-        Event.objects.filter(pk=event.pk).update(**changed)
-        for name, value in changed.items():
-            setattr(event, name, value)
-    if event.starts_at == e.scheduled_at:
-        return event, ("updated" if changed else "matched"), None
-    if event.status != Event.Status.SCHEDULED:
-        raise FieldError(f"event {shown(e.event_id)} is {event.status}: its start can no longer change", p.path("scheduledAt"))
-    return event, "rescheduled", services.reschedule(event, e.scheduled_at)
-
-
-def _registration(p: ParsedEvent, contact: Contact, event: Event) -> services.Enrolled:
-    e = _data(p, Enrollment)
-    existing = Registration.objects.select_related("contact", "event").filter(external_id=e.registration_id).first()
-    if existing is not None:
-        if existing.contact_id != contact.pk:
-            raise FieldError(
-                f"registration {shown(e.registration_id)} belongs to another contact ({shown(existing.contact.external_id)})",
-                p.path("registrationId"),
-            )
-        if existing.event_id != event.pk:
-            raise FieldError(
-                f"registration {shown(e.registration_id)} belongs to another event ({shown(existing.event.external_id)})",
-                p.path("registrationId"),
-            )
-    else:
-        other = Registration.objects.filter(contact=contact, event=event).first()
-        if other is not None:
-            raise FieldError(
-                f"contact {shown(e.contact_id)} is already registered for event {shown(e.event_id)}"
-                f" as registration {shown(other.external_id)}",
-                p.path("registrationId"),
-            )
-    return services.enroll(contact, event, e.registration_id)
 
 
 # --- the others -------------------------------------------------------------------------
@@ -304,8 +218,8 @@ def _check_renders(message: Message) -> None:
         raise FieldError(f"template {shown(message.template_type)} cannot be rendered: {exc}", "templateType") from None
 
 
+# Enrollments are applied in runs by enrolled_all (drip.bulk, the one enrollment path).
 APPLY: dict[str, Callable[[ParsedEvent], Result]] = {
-    "event.enrolled": enrolled,
     "event.completed": completed,
     "event.rescheduled": rescheduled,
     "event.cancelled": event_cancelled,

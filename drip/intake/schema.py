@@ -279,6 +279,8 @@ class Enrollment(EventData):
     last_name: PersonName | None = Field(None, alias="lastName")
     timezone: Zone | None = Field(None, alias="timezone")
     join_url: Url | None = Field(None, alias="joinUrl")
+    # This registrant's own link (Zoom's per-registrant links): the event's link stays as it is.
+    registrant_join_url: Url | None = Field(None, alias="registrantJoinUrl")
     email_consent: bool | None = Field(None, alias="emailConsent")  # None: leave the consent as it is
     sms_consent: bool | None = Field(None, alias="smsConsent")
 
