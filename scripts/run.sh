@@ -69,8 +69,15 @@ fi
 
 python manage.py migrate --noinput
 python manage.py collectstatic --noinput >/dev/null
-python manage.py bootstrap_demo
-echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ (demo login admin / admin), Flower http://127.0.0.1:5555, API token: ${DRIP_API_TOKEN:-unset}" >&2
+# The demo superuser's password is public: it exists only in development (bootstrap_demo
+# refuses without DEBUG=1); with DEBUG off, create accounts with `manage.py createsuperuser`.
+if [ "$DEBUG" = "1" ]; then
+    python manage.py bootstrap_demo
+    login="demo login admin / admin"
+else
+    login="log in with an account from manage.py createsuperuser"
+fi
+echo "Drip: web http://127.0.0.1:${PORT:-8000}/admin/ ($login), Flower http://127.0.0.1:5555, API token: ${DRIP_API_TOKEN:-unset}" >&2
 # honcho hands each process a PORT counted from its base port (5000 unless told): web first.
 export PORT="${PORT:-8000}"
 # The processes get this script's environment (where .env was already applied, real variables

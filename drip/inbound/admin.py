@@ -101,6 +101,9 @@ class InboundSmsAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # what a recipient wrote is the record of an opt-out (erasure blanks it)
+
     @admin.action(description="Record as opt-out (revoke SMS for every contact at the number)", permissions=["change"])
     def record_as_opt_out(self, request: HttpRequest, queryset: QuerySet[InboundSms]) -> None:
         operator = f"admin:{request.user.get_username()}"

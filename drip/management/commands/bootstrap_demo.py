@@ -1,12 +1,14 @@
 """First-run set-up for `make run`: a demo superuser and a demo event with two contacts.
-Does nothing when a superuser already exists, so it is safe on every start."""
+Does nothing when a superuser already exists, so it is safe on every start. Refuses unless
+DEBUG is on: the demo password is public (README), so it must never reach a real install."""
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from drip.consent import record_consent
@@ -17,6 +19,11 @@ class Command(BaseCommand):
     help = "Create the demo superuser (admin / admin) and demo data on first run."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.DEBUG:
+            raise CommandError(
+                "bootstrap_demo creates a superuser whose password is public (admin / admin); it runs only with "
+                "DEBUG=1 (make run). Create real accounts with `manage.py createsuperuser`."
+            )
         User = get_user_model()
         if User.objects.filter(is_superuser=True).exists():
             return
