@@ -10,12 +10,12 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.core.validators import URLValidator
 from django.utils.dateparse import parse_datetime
 
 from drip.errors import FieldError
 from drip.logs import audit, shell_user
 from drip.models import Event
+from drip.validation import validate_http_url
 from drip.services import CompletionSummary, complete_event, resolve_attendees
 
 HEADERS = {"registration_id", "registrationid", "registration", "id", "email", "contact_email", "contactemail"}
@@ -43,10 +43,11 @@ def read_attendance_csv(path: str) -> tuple[list[str], list[str]]:
 
 
 def check_url(name: str, value: str) -> str:
+    """The API's rule for URLs (drip.validation): http(s), no user info, no control characters."""
     try:
-        URLValidator(schemes=["http", "https"])(value)
-    except ValidationError:
-        raise CommandError(f"--{name.replace('_', '-')}: {value!r} is not an http(s) URL") from None
+        validate_http_url(value)
+    except ValidationError as exc:
+        raise CommandError(f"--{name.replace('_', '-')}: {value!r} {exc.messages[0]}") from None
     return value
 
 
