@@ -35,12 +35,11 @@ site.register(Suppression, SuppressionAdmin)
 site.register(InboundSms, InboundSmsAdmin)
 site.register(ConsoleJob, ConsoleJobAdmin)
 
-# Staff accounts and groups, by Django's own permissions.
-site.register(User, UserAdmin)
-site.register(Group, GroupAdmin)
-
-# For superusers only: the admin log as a list, the beat schedule (where the dispatcher can be
-# switched off) and the login lockouts (deleting an attempt unlocks an account early).
+# For superusers only: staff accounts and groups (whoever may edit a user may grant any
+# permission, superuser status included), the admin log as a list, the beat schedule (where
+# the dispatcher can be switched off) and the login lockouts (deleting one unlocks an account).
+site.register(User, superusers_only(UserAdmin))
+site.register(Group, superusers_only(GroupAdmin))
 site.register(LogEntry, LogEntryAdmin)
 site.register(PeriodicTask, superusers_only(beat.PeriodicTaskAdmin))
 site.register(IntervalSchedule, superusers_only(beat.IntervalScheduleAdmin))
