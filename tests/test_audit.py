@@ -3,6 +3,7 @@ admin-log entries (who, when, what, how many rows), shown on the object's histor
 for superusers only, in the admin log's own filterable list."""
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,9 +12,21 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Model
+from django.utils import timezone
 
 from drip.consent import active_suppression, has_consent, record_consent
-from drip.models import Channel, ConsentRecord, Contact, Event, InboundSms, Message, Registration, Step, Suppression
+from drip.models import (
+    Channel,
+    ConsentRecord,
+    ConsoleJob,
+    Contact,
+    Event,
+    InboundSms,
+    Message,
+    Registration,
+    Step,
+    Suppression,
+)
 from tests.factories import enroll, make_contact, make_event
 
 User = get_user_model()
@@ -142,3 +155,22 @@ def test_the_admin_log_is_a_list_for_superusers_only(client, operator):
     assert client.get("/admin/admin/logentry/").status_code == 403
     assert client.get(f"/admin/drip/event/{event.pk}/history/").status_code == 200  # its own history is theirs
     assert Event.objects.get(pk=event.pk).status == Event.Status.CANCELLED
+
+
+def test_running_a_stalled_job_again_needs_the_permission_that_started_it_and_is_logged(client, operator, published):
+    event = make_event()
+    job = ConsoleJob.objects.create(kind=ConsoleJob.Kind.COMPLETE, event=event, status=ConsoleJob.Status.RUNNING,
+                                    started_at=timezone.now() - timedelta(hours=1), total=3)
+    url = f"/admin/drip/consolejob/{job.pk}/progress/"
+    importer = User.objects.create_user("importer", "i@example.com", "a-long-passphrase-42", is_staff=True)
+    importer.user_permissions.set(Permission.objects.filter(
+        content_type__app_label="drip", codename__in=["view_consolejob", "add_contact", "change_contact"]))
+    client.force_login(importer)
+    page = client.get(url).content.decode()
+    assert "Run it again" not in page  # a completion is not theirs to start
+    assert client.post(url, {"retry": "1"}).status_code == 403 and not entries(job)
+    client.force_login(operator)
+    assert "Run it again" in client.get(url).content.decode()
+    assert client.post(url, {"retry": "1"}).status_code == 302
+    assert [name for name, _, _ in published].count("drip.tasks.run_console_job") == 1
+    the_entry(job, operator, "run it again")

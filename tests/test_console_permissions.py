@@ -219,3 +219,23 @@ def test_suppressions_cannot_be_added_or_deleted_in_the_console(client, world):
     assert client.get("/admin/drip/suppression/add/").status_code == 403
     assert client.post(f"/admin/drip/suppression/{suppression.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Suppression.objects.filter(pk=suppression.pk, lifted_at__isnull=True).exists()
+
+
+def test_a_cross_site_form_cannot_act_for_a_logged_in_operator(world):
+    """The console's forms carry Django's CSRF token: a POST from another site, riding the
+    operator's session cookie, is refused before any action runs."""
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(world["boss"])
+    before = snapshot()
+    forged = browser.post("/admin/drip/event/", {"action": "cancel_events", "_selected_action": [world["event"].pk]})
+    assert forged.status_code == 403 and snapshot() == before
+
+
+def test_the_login_never_redirects_off_site(client, db):
+    User.objects.create_superuser("op", "op@example.com", "the-right-passphrase-42")
+    response = client.post("/admin/login/?next=https://evil.example/phish",
+                           {"username": "op", "password": "the-right-passphrase-42",
+                            "next": "https://evil.example/phish"})
+    assert response.status_code == 302 and "evil.example" not in response["Location"]
