@@ -152,7 +152,7 @@ def test_enrolling_in_a_cancelled_event_records_it_and_plans_nothing(api):
 
 
 def test_a_consent_grant_never_lifts_a_recipients_stop(api):
-    contact = make_contact(external_id="c-ada", sms_consent=False)
+    contact = make_contact(external_id="c-ada", sms_consent=False, phone="+14155550101")  # the number enrolled() sends
     record_consent(contact, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="twilio:STOP")
     result = api(enrolled()).json()["results"][0]
     assert result["consent"] == {"email": True, "sms": False}

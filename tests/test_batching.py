@@ -174,14 +174,14 @@ def test_steps_lost_mid_run_come_back_one_per_task(db, published, django_capture
 
 def test_a_batch_sees_a_revocation_once_its_consent_view_is_older_than_max_age(db):
     contact = make_contact()
-    fresh, stale = ConsentView([contact.pk], max_age=0), ConsentView([contact.pk], max_age=3600)
-    assert fresh.granted(contact.pk, Channel.SMS) and stale.granted(contact.pk, Channel.SMS)
+    fresh, stale = ConsentView([contact], max_age=0), ConsentView([contact], max_age=3600)
+    assert fresh.granted(contact, Channel.SMS) and stale.granted(contact, Channel.SMS)
     record_consent(contact, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="STOP")
-    assert not fresh.granted(contact.pk, Channel.SMS)
-    assert stale.granted(contact.pk, Channel.SMS)  # read a moment ago; re-read after max_age
-    stale.revoked(contact.pk, Channel.SMS)  # what the sender does on a provider's opt-out
-    assert not stale.granted(contact.pk, Channel.SMS)
-    assert fresh.granted(contact.pk, Channel.EMAIL)
+    assert not fresh.granted(contact, Channel.SMS)
+    assert stale.granted(contact, Channel.SMS)  # read a moment ago; re-read after max_age
+    stale.suppressed(Channel.SMS, contact.phone)  # what the sender does on a provider's opt-out
+    assert not stale.granted(contact, Channel.SMS)
+    assert fresh.granted(contact, Channel.EMAIL)
 
 
 def test_batches_cost_a_constant_number_of_queries(db, providers, django_assert_max_num_queries, settings, monkeypatch):
@@ -190,13 +190,15 @@ def test_batches_cost_a_constant_number_of_queries(db, providers, django_assert_
     for n in (10, 20):  # one email each (SQLite splits inserts past 999 parameters: stay under)
         steps = steps_due_together(n, timezone.now() + timedelta(hours=1), key="welcome")
         Step.objects.filter(pk__in=[s.pk for s in steps]).update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
-        # Claim, locked load, consent, mark done, insert, and the transaction's two statements.
-        with django_assert_max_num_queries(7):
+        # Claim, locked load, consent (records, suppressions), mark done, insert, and the
+        # transaction's two statements.
+        with django_assert_max_num_queries(8):
             run_steps([s.pk for s in steps])
     ids = list(Message.objects.values_list("id", flat=True))
     assert len(ids) == 30
-    # Claim, load, consent for the batch; then what will be sent, and the outcome, per message.
-    with django_assert_max_num_queries(3 + 2 * 30):
+    # Claim, load, consent (records, suppressions) for the batch; then what will be sent, and
+    # the outcome, per message.
+    with django_assert_max_num_queries(4 + 2 * 30):
         send_messages(ids)
     assert Counter(Message.objects.values_list("status", flat=True)) == {Message.Status.SENT: 30}
 

@@ -1,7 +1,7 @@
-"""A list of `event.enrolled` is applied set-based (drip.bulk) and answers exactly what applying
-the items one at a time through the per-item path (drip.intake.apply.enrolled) answers: the
-same results, the same rows, the same errors; in a number of queries that does not grow with
-the list."""
+"""A list of `event.enrolled` is applied set-based (drip.bulk, the one enrollment path) and
+answers as applying the items one after the other would: each item sees what the items before
+it did, errors name the item's field and write nothing; in a number of queries that does not
+grow with the list."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from drip.consent import record_consent
@@ -20,6 +20,7 @@ from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registr
 from tests.factories import enroll, make_contact, make_event
 
 TOKEN = "s3cret-token"
+STOPPED_PHONE = "+14155550177"  # the number that texted STOP (the suppression is the number's)
 START = (timezone.now() + timedelta(days=2)).replace(microsecond=0)
 
 
@@ -49,13 +50,6 @@ def event(name: str, **data: Any) -> dict[str, Any]:
     return {"name": name, "data": data}
 
 
-def one_at_a_time(body: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The reference: every item through its per-item function (enrolled() for enrollments), in
-    one transaction, as apply_all did before the bulk path."""
-    with transaction.atomic():
-        return [APPLY[p.name](p) for p in parse_events(body)]
-
-
 NOW_IN_REASON = re.compile(r"planned at \S+")
 
 
@@ -80,23 +74,10 @@ def snapshot() -> dict[str, list]:
     }
 
 
-def both_ways(api, body: list[dict[str, Any]]) -> tuple[Any, Any]:
-    """(bulk, reference): each is (status, results or error body, rows), from the same start."""
-    outcomes = []
-    for apply in (lambda: api(body), None):
-        with transaction.atomic():
-            if apply is not None:
-                response = apply()
-                answer: Any = response.json()
-                status = response.status_code
-            else:
-                try:
-                    answer, status = {"accepted": len(body), "results": one_at_a_time(body)}, 202
-                except Exception as exc:  # a FieldError: the answer the view gives
-                    answer, status = {"error": str(exc), "field": getattr(exc, "field", None)}, 400
-            outcomes.append((status, answer, snapshot()))
-            transaction.set_rollback(True)
-    return outcomes[0], outcomes[1]
+def applied(api, body: list[dict[str, Any]]) -> tuple[int, Any, dict[str, list]]:
+    """(status, results or error body, rows afterwards)."""
+    response = api(body)
+    return response.status_code, response.json(), snapshot()
 
 
 @pytest.fixture
@@ -107,7 +88,7 @@ def world(db):
     known = make_contact(external_id="c-known", email="known@example.com")
     reg = enroll(known, ev)
     Registration.objects.filter(pk=reg.pk).update(external_id="r-known")
-    stopped = make_contact(external_id="c-stopped", sms_consent=False)
+    stopped = make_contact(external_id="c-stopped", sms_consent=False, phone=STOPPED_PHONE)
     record_consent(stopped, Channel.SMS, False, ConsentRecord.Source.RECIPIENT, detail="twilio:STOP")
     gone = make_contact(external_id="c-gone")
     gone_reg = enroll(gone, ev)
@@ -129,7 +110,7 @@ def test_a_mixed_list_answers_and_writes_what_applying_it_item_by_item_does(api,
         enrolled(1),
         enrolled("known", contactEmail="known@example.com", firstName="Changed"),  # updated contact, matched registration
         enrolled(1, firstName="Grace"),  # the same new contact again: updated, registration matched
-        enrolled("stopped", smsConsent=True),  # a grant refused by the STOP
+        enrolled("stopped", smsConsent=True, contactPhone=STOPPED_PHONE),  # a grant refused by the STOP
         enrolled("revoking", smsConsent=False),
         enrolled("gone"),  # a cancelled registration: reactivated
         enrolled(2, eventTitle="Launch webinar (new title)"),  # the event updated
@@ -138,9 +119,8 @@ def test_a_mixed_list_answers_and_writes_what_applying_it_item_by_item_does(api,
         enrolled(5, eventId="e-new"),  # a new event
         enrolled(6, eventId="e-new"),
     ]
-    bulk, reference = both_ways(api, body)
+    bulk = applied(api, body)
     assert bulk[0] == 202, bulk[1]
-    assert bulk == reference
     results = bulk[1]["results"]
     assert [(r["contact"], r["event"], r["registration"], r["stepsPlanned"]) for r in results] == [
         ("created", "matched", "created", 3), ("updated", "matched", "matched", 0), ("updated", "matched", "matched", 0),
@@ -150,15 +130,23 @@ def test_a_mixed_list_answers_and_writes_what_applying_it_item_by_item_does(api,
     ]
     assert results[3]["consentRefused"] == {"sms": "suppressed by the recipient (twilio:STOP)"}
     assert results[7]["consent"] == {"email": False, "sms": False}
+    # Every registrant sees a changed title: said in the answer of the item that changed it.
+    assert [r.get("eventUpdated") for r in results] == [None] * 6 + [["eventTitle"], ["eventTitle"], ["eventTitle", "joinUrl"], None, None]
     assert ("c-revoking", "sms", "skipped", "no sms consent") in bulk[2]["messages"]
+    rows = bulk[2]
+    names = {c[0]: c[3] for c in rows["contacts"]}
+    assert (names["c-1"], names["c-known"]) == ("Grace", "Changed")  # the last item naming a contact wins
+    assert {e[0]: e[1] for e in rows["events"]}["e-webinar"] == "Launch webinar"  # item 7 set it back
+    assert ("c-3", "email", False, "api", "api:event.enrolled") in rows["consents"]
+    assert not [c for c in rows["consents"] if c[0] == "c-stopped" and c[1] == "sms" and c[2]]  # the refused grant left no row
+    assert {r[0]: r[3] for r in rows["registrations"]}["r-gone"] == "active"
 
 
 def test_a_new_start_in_the_list_replans_what_came_before_it(api, world):
     later = START + timedelta(days=1)
     body = [enrolled(1), enrolled(2, scheduledAt=later.isoformat()), enrolled(3, scheduledAt=later.isoformat()), enrolled(4)]
-    bulk, reference = both_ways(api, body)
+    bulk = applied(api, body)
     assert bulk[0] == 202, bulk[1]
-    assert bulk == reference
     assert [r["event"] for r in bulk[1]["results"]] == ["matched", "rescheduled", "matched", "rescheduled"]
     # c-1 was planned for the old start, then re-planned with everyone else, twice (c-4 moves it back).
     steps = [s for s in bulk[2]["steps"] if s[0] == "r-1" and s[2] == "reminder_1h"]
@@ -168,15 +156,14 @@ def test_a_new_start_in_the_list_replans_what_came_before_it(api, world):
 def test_other_events_between_enrollments_apply_in_order(api, world):
     body = [enrolled(1), event("registration.cancelled", registrationId="r-1"), enrolled(1), enrolled(2),
             event("event.rescheduled", eventId="e-webinar", scheduledAt=(START + timedelta(hours=5)).isoformat()), enrolled(3)]
-    bulk, reference = both_ways(api, body)
+    bulk = applied(api, body)
     assert bulk[0] == 202, bulk[1]
-    assert bulk == reference
     assert [r.get("registration") for r in bulk[1]["results"]] == ["created", None, "reactivated", "created", None, "created"]
     assert bulk[1]["results"][5]["event"] == "rescheduled"  # back to the start the enrollments carry
 
 
 def test_repeating_a_list_enrolls_once_and_records_nothing_more(api, world):
-    body = [enrolled(n) for n in range(5)] + [enrolled("stopped", smsConsent=True)]
+    body = [enrolled(n) for n in range(5)] + [enrolled("stopped", smsConsent=True, contactPhone=STOPPED_PHONE)]
     assert api(body).status_code == 202
     before = snapshot()
     again = api(body).json()["results"]
@@ -196,14 +183,16 @@ def test_the_welcome_steps_are_claimed_at_once(api, world):
 
 def test_a_grant_in_the_list_never_lifts_a_stop_recorded_earlier_in_it(api, db):
     body = [enrolled(1), enrolled(1, smsConsent=False), enrolled(1, smsConsent=True)]
-    bulk, reference = both_ways(api, body)
-    assert bulk == reference
+    bulk = applied(api, body)
     # An API revocation is no suppression: the later grant is recorded again.
     assert [r["consent"]["sms"] for r in bulk[1]["results"]] == [True, False, True]
     contact = make_contact(external_id="c-9", sms_consent=False)
+    contact.phone = "+14155550199"
+    contact.save()
     record_consent(contact, Channel.SMS, False, ConsentRecord.Source.PROVIDER, detail="twilio:21610")
-    bulk, reference = both_ways(api, [enrolled(9), enrolled(9, smsConsent=False), enrolled(9, smsConsent=True)])
-    assert bulk == reference
+    phone = contact.phone
+    bulk = applied(api, [enrolled(9, contactPhone=phone), enrolled(9, smsConsent=False, contactPhone=phone),
+                         enrolled(9, smsConsent=True, contactPhone=phone)])
     assert [r.get("consentRefused") for r in bulk[1]["results"]] == [
         {"sms": "suppressed by the provider (twilio:21610)"}, None, {"sms": "suppressed by the provider (twilio:21610)"}]
 
@@ -233,19 +222,18 @@ ERRORS = [
 @pytest.mark.parametrize("body,field,words", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
 def test_a_refused_item_is_named_and_the_whole_list_is_rolled_back(api, world, body, field, words):
     before = snapshot()
-    bulk, reference = both_ways(api, body)
+    bulk = applied(api, body)
     assert bulk[0] == 400
     assert bulk[1]["field"] == field and words in bulk[1]["error"], bulk[1]
-    assert bulk[1] == reference[1]
     assert bulk[2] == before
 
 
 # --- the number of queries does not grow with the list -----------------------------------
 
-# Measured on PostgreSQL: 18 for a new list of one event, whether of 1, 10 or 200 items (4 reads;
+# Measured on PostgreSQL: 19 for a new list of one event, whether of 1, 10 or 200 items (5 reads;
 # contacts, their updates, consent records and registrations written; 3 step inserts; the
-# welcome's claim: 3; savepoints), 6 when the list is repeated.
-QUERY_BOUND = 18
+# welcome's claim: 3; savepoints), 7 when the list is repeated.
+QUERY_BOUND = 19
 
 
 @pytest.mark.parametrize("size", [10, 200])

@@ -55,7 +55,7 @@ def test_a_move_over_the_threshold_emails_each_active_registrant_the_new_time(wo
     assert "JST" in sent[tokyo.contact.email].text and "Hi Kenji" in sent[tokyo.contact.email].text
     assert format_when(new_start, "Europe/London") in sent[london.contact.email].text
     got = sent[tokyo.contact.email]
-    link = unsubscribe_url(tokyo.contact.pk)
+    link = unsubscribe_url(tokyo.contact.pk, tokyo.contact.email)
     assert f"Unsubscribe: {link}" in got.text and link in got.html and got.headers["List-Unsubscribe"] == f"<{link}>"
     assert got.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert {m.purpose for m in notices()} == {"transactional"} and {m.status for m in notices()} == {"sent"}

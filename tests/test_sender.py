@@ -16,7 +16,7 @@ from drip.models import Channel, ConsentRecord, Message
 from drip.sms import GSM7, UCS2, sms_segments
 from drip.tasks import send_message
 from tests.factories import make_contact, make_event, register_quietly
-from tests.helpers import wait_until
+from tests.helpers import current, wait_until
 
 FINAL = {Message.Status.SENT, Message.Status.FAILED, Message.Status.SKIPPED}
 
@@ -105,7 +105,7 @@ def test_permanent_twilio_errors_fail_at_once(worker, providers, code, words):
     opted_out = code == 21610
     assert has_consent(message.contact, Channel.SMS) is not opted_out
     if opted_out:
-        record = message.contact.consents.filter(channel=Channel.SMS).first()
+        record = current(message.contact, Channel.SMS)
         assert (record.source, record.detail, record.granted) == (ConsentRecord.Source.PROVIDER, "twilio:21610", False)
 
 
