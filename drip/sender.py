@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from .channels import Transport, TransportError, transport_for
 from .consent import ConsentView, suppress
-from .logs import IdsAdapter, message_log
+from .logs import IdsAdapter, mask_address, message_log
 from .models import HELD, VERIFYING, Channel, Contact, Message, MessageQuerySet, Suppression
 from .policy import frequency_cap_reason, frequency_capped, message_block, message_expiry, quiet_hours_end
 from .publish import enqueue_sends, enqueue_verifications
@@ -278,8 +278,8 @@ def _record_sent(sent: list[tuple[_Ready, str]]) -> None:
     for ready, provider_id in sent:
         message = ready.message
         if message.id in recorded:
-            ready.log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel, message.to,
-                           sent_at.isoformat(), provider_id)
+            ready.log.info("%s %s sent to %s at %s provider_id=%s", message.template_type, message.channel,
+                           mask_address(message.to), sent_at.isoformat(), provider_id)
         else:
             # Only after DRIP_SENDING_TIMEOUT is a recorded call taken away (to be verified at
             # the provider, which will find it). Say so loudly, with the provider's id.

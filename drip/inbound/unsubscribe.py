@@ -20,6 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from ..consent import active_suppression, lift_suppression, suppress
+from ..logs import mask_address
 from ..models import ConsentRecord, Contact, Message, Suppression
 from .tokens import BadToken, Unsubscribe, address_tag, read_token
 
@@ -51,7 +52,7 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     suppression = active_suppression(link.channel, address) if address else None
     mine = suppression is not None and suppression.source == Suppression.Source.RECIPIENT
     context = {
-        "channel": link.channel, "address": masked(address), "notice": notice,
+        "channel": link.channel, "address": mask_address(address), "notice": notice,
         "subscribed": bool(address) and suppression is None,
         "again": resubscribe_value(token, suppression) if mine and suppression else "",
     }
@@ -106,11 +107,3 @@ def resubscribe(token: str, link: Unsubscribe, address: str, value: str) -> str:
     lifted = lift_suppression(suppression, "recipient", "re-subscribed on the unsubscribe page", ConsentRecord.Source.RECIPIENT)
     log.info("re-subscribe contact=%s channel=%s: %s", link.contact_id, link.channel, "lifted" if lifted else "refused")
     return "resubscribed" if lifted else "refused"
-
-
-def masked(address: str) -> str:
-    """j***@example.com: enough for the recipient to recognise, little for anyone else."""
-    name, at, domain = address.partition("@")
-    if not at:
-        return f"…{address[-4:]}" if address else ""
-    return f"{name[:1]}***@{domain}"
