@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from .consent import hash_of, suppress
@@ -52,23 +52,43 @@ def erase_contact(contact: Contact, by: str) -> Erased:
         messages.withdraw("contact erased")
         DeliveryReport.objects.filter(message__contact=contact).update(payload="", detail="")
         blanked = messages.update(to="", subject="", body="", html="", updated_at=timezone.now())
+        _blank_history(contact, addresses)
         _blank_addresses(addresses)
         Contact.objects.filter(pk=contact.pk).update(
             external_id=f"erased-{contact.pk}", email="", phone="", first_name="", last_name="", timezone="UTC",
             erased_at=timezone.now(), updated_at=timezone.now(),
-        )
-        # The console's history names objects by str(): "Ada <ada@example.com>".
-        LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(Contact), object_id=str(contact.pk)).update(
-            object_repr=f"erased contact #{contact.pk}"
         )
     erased = Erased(contact.pk, len(addresses), cancelled, blanked)
     log.info("%s (by %s)", erased.describe(), by)
     return erased
 
 
+def _blank_history(contact: Contact, addresses: list[tuple[str, str]]) -> None:
+    """The console's history names objects as they looked (str(): "Ada <ada@…> → Webinar",
+    a number and its text, an address): every entry about the person's rows is renamed."""
+    hashes = [hash_of(channel, address) for channel, address in addresses]
+    rows: list[tuple[type[models.Model], list[int]]] = [
+        (Contact, [contact.pk]),
+        (Registration, list(Registration.objects.filter(contact=contact).values_list("pk", flat=True))),
+        (Message, list(Message.objects.filter(contact=contact).values_list("pk", flat=True))),
+        (Suppression, list(Suppression.objects.filter(address_hash__in=hashes).values_list("pk", flat=True))),
+        (InboundSms, list(InboundSms.objects.filter(
+            from_number__in=[a for ch, a in addresses if ch == Channel.SMS]).values_list("pk", flat=True))),
+    ]
+    for model, pks in rows:
+        if pks:
+            LogEntry.objects.filter(
+                content_type=ContentType.objects.get_for_model(model), object_id__in=[str(pk) for pk in pks]
+            ).update(object_repr=f"{model._meta.verbose_name} of erased contact #{contact.pk}")
+
+
 def _blank_addresses(addresses: list[tuple[str, str]]) -> None:
-    """The suppressions keep only the hash; the number's inbound SMS lose the number and text."""
+    """The suppressions keep only the hash (and where they came from); the number's inbound
+    SMS lose the number and text."""
     for channel, address in addresses:
-        Suppression.objects.filter(channel=channel, address_hash=hash_of(channel, address)).update(address="")
+        # A reason may quote the person (an inbox message, a bounce naming the address).
+        Suppression.objects.filter(channel=channel, address_hash=hash_of(channel, address)).update(
+            address="", reason="personal data erased"
+        )
         if channel == Channel.SMS:
             InboundSms.objects.filter(from_number=address).update(from_number="", body="")

@@ -224,5 +224,5 @@ def test_the_resources_email_links_what_the_completion_gave_and_promises_nothing
     message.registration = Registration.objects.get(pk=registration.pk)
     bare = render_message(message)
     assert "recording" not in bare.text.lower() and "slides" not in bare.text.lower()
-    with pytest.raises(CommandError, match="http\(s\) URL"):
+    with pytest.raises(CommandError, match=r"http\(s\) URL"):
         complete(make_event(starts_in=-60).external_id, "--slides-url", "javascript:alert(1)")

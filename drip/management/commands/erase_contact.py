@@ -2,16 +2,13 @@
 as the console's "Erase personal data" action does it (drip.erasure)."""
 from __future__ import annotations
 
-import getpass
-import logging
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from drip.erasure import erase_contact
+from drip.logs import audit, shell_user
 from drip.models import Contact
-
-audit = logging.getLogger("drip.audit")
 
 
 class Command(BaseCommand):
@@ -28,7 +25,7 @@ class Command(BaseCommand):
         unknown = [i for i in contact_ids if i not in contacts]
         if unknown:
             raise CommandError(f"unknown contact id(s): {', '.join(repr(i) for i in unknown)}; nothing was erased")
-        by = f"shell:{getpass.getuser()}"
+        by = f"shell:{shell_user()}"
         for external_id in contact_ids:
             erased = erase_contact(contacts[external_id], by=by)
             audit.info("%s erased contact #%s", by, erased.contact_id)

@@ -23,7 +23,7 @@ from django.utils import timezone
 from drip.fastforward import run_steps_now
 from drip.funnels import Anchor, Funnel, FunnelStep, Trigger, started_by
 from drip.intake.apply import handle_payload
-from drip.models import HELD, Contact, Event, Message, Registration, Step
+from drip.models import HELD, ConsentRecord, Contact, DeliveryReport, Event, Message, Registration, Step
 
 DEMO_PREFIX = "sim-"
 POLL = 0.1  # seconds between looks at the Message table
@@ -74,11 +74,24 @@ def when_label(funnel: Funnel, definition: FunnelStep) -> str:
 
 def remove_demo_rows() -> Counter[str]:
     """Every row a simulation created: events, contacts and registrations marked "sim-",
-    and (by cascade) their steps, messages and consent records."""
+    their steps, messages, reports and consent records. Deleted explicitly, history first:
+    real rows are never deleted (PROTECT; drip.erasure), but demo rows are nobody's."""
     removed: Counter[str] = Counter()
+    demo = DEMO_PREFIX
+    registrations = Q(contact__external_id__startswith=demo) | Q(event__external_id__startswith=demo)
     with transaction.atomic():
-        for model in (Registration, Event, Contact):
-            _, per_model = model.objects.filter(external_id__startswith=DEMO_PREFIX).delete()
+        for rows in (
+            DeliveryReport.objects.filter(Q(message__contact__external_id__startswith=demo)
+                                          | Q(message__registration__event__external_id__startswith=demo)),
+            Message.objects.filter(Q(contact__external_id__startswith=demo)
+                                   | Q(registration__event__external_id__startswith=demo)),
+            Step.objects.filter(Q(registration__contact__external_id__startswith=demo)
+                                | Q(registration__event__external_id__startswith=demo)),
+            ConsentRecord.objects.filter(contact__external_id__startswith=demo),
+            Registration.objects.filter(registrations),
+            *(model.objects.filter(external_id__startswith=demo) for model in (Event, Contact)),
+        ):
+            _, per_model = rows.delete()
             removed.update({label.split(".")[-1].lower(): n for label, n in per_model.items()})
     return removed
 
