@@ -15,8 +15,8 @@ from django.utils.dateparse import parse_datetime
 from drip.errors import FieldError
 from drip.logs import audit, shell_user
 from drip.models import Event
-from drip.validation import validate_http_url
 from drip.services import CompletionSummary, complete_event, resolve_attendees
+from drip.validation import validate_http_url
 
 HEADERS = {"registration_id", "registrationid", "registration", "id", "email", "contact_email", "contactemail"}
 
