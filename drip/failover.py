@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from .models import Message, Step, Worker
 from .publish import enqueue_sends
-from .scheduler import MAX_LOST_CLAIMS, STEP_MAX_ATTEMPTS, in_batches, rearm_steps
+from .scheduler import in_batches, rearm_steps
 
 log = logging.getLogger("drip.failover")
 # Worker rows this old are deleted: their holds were taken over (or their rows finished) long ago.
@@ -61,9 +61,7 @@ def _rearm_steps(workers: list[int], now: datetime) -> int:
     held = Step.objects.filter(held_by__in=workers)
     running = held.filter(status=Step.Status.RUNNING)
     # The same limit as the reconciler's: a step that kills its worker every time is a bug.
-    running.filter(attempts__gte=STEP_MAX_ATTEMPTS).fail(
-        f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log", now
-    )
+    running.fail_repeated_crashes(now)
     return rearm_steps(held.filter(status=Step.Status.ENQUEUED), now) + rearm_steps(running, now, alone=True)
 
 
@@ -71,9 +69,7 @@ def _rearm_messages(workers: list[int], now: datetime) -> int:
     held = Message.objects.filter(held_by__in=workers)
     stuck = held.filter(status=Message.Status.SENDING, sending_at__isnull=True)
     # Killed before its provider call again and again: the message is what kills its worker.
-    stuck.filter(lost_claims__gte=MAX_LOST_CLAIMS - 1).fail(
-        f"send task did not finish in {MAX_LOST_CLAIMS} attempts; see the worker log", now
-    )
+    stuck.fail_repeated_crashes(now)
     total = 0
     for rows in in_batches(stuck | held.filter(status=Message.Status.QUEUED), ()):
         total += _take_back([row[0] for row in rows], workers, now)

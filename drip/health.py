@@ -38,7 +38,7 @@ import redis
 from celery.signals import heartbeat_sent, task_postrun, worker_ready
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, CharField, Count, DurationField, ExpressionWrapper, F, Q, Sum, Value, When
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -239,14 +239,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
 OVERDUE_AFTER = timedelta(seconds=60)
 LATENESS_WINDOW = timedelta(hours=24)
 LATENESS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-# The sender's and reconciler's own words (drip/sender.py, drip/scheduler.py,
-# drip/inbound/reports.py), matched in this order.
-ERROR_CLASSES: tuple[tuple[str, Q], ...] = (
-    ("permanent", Q(error__endswith="(permanent)")),
-    ("gave_up", Q(error__contains="gave up after")),
-    ("outcome_unknown", Q(error__contains="outcome unknown")),
-    ("delivery_report", Q(error__startswith="failed") | Q(error__startswith="undelivered") | Q(error__startswith="rejected")),
-)
 
 
 def _count_by(queryset: Any, *fields: str) -> dict[tuple[str, ...], int]:
@@ -287,11 +279,10 @@ class DripCollector(Collector):
         errors = GaugeMetricFamily(
             "drip_provider_errors", "Failed messages by channel and error class.", labels=["channel", "class"]
         )
-        klass = Case(*(When(q, then=Value(name)) for name, q in ERROR_CLASSES), default=Value("other"), output_field=CharField())
-        error_counts = _count_by(Message.objects.filter(status=Message.Status.FAILED).annotate(error_class=klass), "channel", "error_class")
+        error_counts = _count_by(Message.objects.filter(status=Message.Status.FAILED), "channel", "error_class")
         for channel in channels:
-            for name in [*(n for n, _ in ERROR_CLASSES), "other"]:
-                errors.add_metric([channel, name], error_counts.get((channel, name), 0))
+            for name in [*Message.ErrorClass.values, ""]:
+                errors.add_metric([channel, name or "other"], error_counts.get((channel, name), 0))
         yield errors
 
         reports = CounterMetricFamily(

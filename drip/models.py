@@ -225,6 +225,10 @@ class Registration(models.Model):
 # A timer fires a few milliseconds early at worst; a task arriving earlier than this is a
 # stray delivery (a duplicate of an earlier task, or hosts whose clocks disagree).
 EARLY_TOLERANCE = timedelta(seconds=1)
+# A step run or a send claim lost this many times (its worker died each time) is what kills
+# its worker (a bug): it is failed instead of run again (the reconciler and failover alike).
+STEP_MAX_ATTEMPTS = 5
+MAX_LOST_CLAIMS = 5
 
 
 class WorkerQuerySet(models.QuerySet["Worker"]):
@@ -355,6 +359,12 @@ class StepQuerySet(models.QuerySet["Step"]):
     def fail(self, reason: str, now: datetime) -> int:
         return self.update(status=Step.Status.FAILED, finished_at=now, reason=reason)
 
+    def fail_repeated_crashes(self, now: datetime) -> int:
+        """Running again after STEP_MAX_ATTEMPTS runs that never finished → failed."""
+        return self.filter(status=Step.Status.RUNNING, attempts__gte=STEP_MAX_ATTEMPTS).fail(
+            f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log", now
+        )
+
     def due_now(self, now: datetime) -> int:
         """Open → pending and due now (run now, fast-forward). An enqueued step's task
         still waits in the broker for its old ETA; when it fires it finds the step no longer
@@ -466,7 +476,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def hold(self, worker_id: int) -> int:
         """A worker received a send task for these (an ETA retry, or a batch about to run).
         Rows another transaction holds locked are skipped, never waited for (`_hold`)."""
-        return _hold(self.unsent().exclude(claim_token=HELD), worker_id)
+        return _hold(self.unsent().filter(held_until__isnull=True), worker_id)
 
     def take_back_from(self, workers: list[int], token: str, now: datetime) -> int:
         """Held by a dead worker and not at a provider → queued under `token` (so this run
@@ -478,7 +488,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
             status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now, claim_token=token, held_by=None,
             attempts=F("attempts") - 1, lost_claims=F("lost_claims") + 1,
         )
-        waiting = mine.filter(status=Message.Status.QUEUED).exclude(claim_token=HELD).update(
+        waiting = mine.filter(status=Message.Status.QUEUED, held_until__isnull=True).update(
             claim_token=token, held_by=None, updated_at=now
         )
         return stuck + waiting
@@ -488,8 +498,14 @@ class MessageQuerySet(models.QuerySet["Message"]):
         next run leaves them be."""
         return self.filter(status=Message.Status.QUEUED, next_attempt_at__lt=now).update(next_attempt_at=now, updated_at=now)
 
-    def fail(self, error: str, now: datetime) -> int:
-        return self.update(status=Message.Status.FAILED, error=error, updated_at=now)
+    def fail_repeated_crashes(self, now: datetime) -> int:
+        """Stuck before its provider call for the MAX_LOST_CLAIMS-th time → failed."""
+        return self.filter(
+            status=Message.Status.SENDING, sending_at__isnull=True, lost_claims__gte=MAX_LOST_CLAIMS - 1
+        ).update(
+            status=Message.Status.FAILED, error=f"send task did not finish in {MAX_LOST_CLAIMS} attempts; see the worker log",
+            error_class=Message.ErrorClass.CRASHED, updated_at=now,
+        )
 
     def interrupted_in_call(self, cutoff: datetime) -> MessageQuerySet:
         """The provider call began before `cutoff` and never recorded an outcome (nor was
@@ -542,15 +558,27 @@ class MessageQuerySet(models.QuerySet["Message"]):
             error=error, updated_at=now,
         )
 
-    def verify_failed(self, error: str, now: datetime) -> int:
+    def verify_failed(self, error: str, error_class: str, now: datetime) -> int:
         """Verifying → failed with the reason: the outcome cannot be told (no lookup for this
         provider, or it kept failing), or not found with no attempt left."""
-        return self.verifying().update(status=Message.Status.FAILED, verify_at=None, error=error, updated_at=now)
+        return self.verifying().update(
+            status=Message.Status.FAILED, verify_at=None, error=error, error_class=error_class, updated_at=now
+        )
+
+    def hold_until(self, at: datetime, error: str, now: datetime) -> int:
+        """Queued to wait in the database, not the broker, until `at` (the end of quiet
+        hours: an ETA task that long would be delivered again every visibility timeout)."""
+        return self.update(
+            status=Message.Status.QUEUED, sending_at=None, next_attempt_at=at, held_until=at, rate_slot_at=None,
+            error=error, attempts=F("attempts") - 1, updated_at=now,
+        )
 
     def wake_held(self, token: str, until: datetime) -> int:
         """Held past the enqueue horizon (quiet hours) and now coming within it: marked with
         `token` so the dispatcher publishes exactly these, once."""
-        return self.filter(status=Message.Status.QUEUED, claim_token=HELD, next_attempt_at__lte=until).update(claim_token=token)
+        return self.filter(status=Message.Status.QUEUED, held_until__isnull=False, next_attempt_at__lte=until).update(
+            claim_token=token, held_until=None
+        )
 
     def mark_first(self, column: str, at: datetime) -> int:
         """A first open or click (a delivery report): only the first one is kept."""
@@ -564,16 +592,9 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def requeue_failed(self, now: datetime) -> int:
         """failed → queued with a fresh budget (attempts and lost claims): an operator's call."""
         return self.filter(status=Message.Status.FAILED).update(
-            status=Message.Status.QUEUED, attempts=0, lost_claims=0, verify_attempts=0, sending_at=None, next_attempt_at=now,
-            updated_at=now,
+            status=Message.Status.QUEUED, error_class="", attempts=0, lost_claims=0, verify_attempts=0, sending_at=None,
+            next_attempt_at=now, updated_at=now,
         )
-
-
-# The claim token of a queued message that waits in the database, not in the broker, for a
-# time beyond the enqueue horizon (the end of quiet hours): the dispatcher wakes it.
-HELD = "held"
-# The start of a verifying message's error, then why its outcome is unknown (drip/verify.py).
-VERIFYING = "verifying with the provider: "
 
 
 class Message(models.Model):
@@ -585,6 +606,16 @@ class Message(models.Model):
         SKIPPED = "skipped", "Skipped"
         FAILED = "failed", "Failed"
         BOUNCED = "bounced", "Bounced"
+
+    class ErrorClass(models.TextChoices):
+        """Why a message failed, for operators' filters and the metrics (`error` says it in words)."""
+
+        PERMANENT = "permanent", "Permanent provider error"
+        GAVE_UP = "gave_up", "Gave up after the attempts"
+        OUTCOME_UNKNOWN = "outcome_unknown", "Outcome unknown"
+        DELIVERY_REPORT = "delivery_report", "Failed by a delivery report"
+        RENDER = "render", "Template did not render"
+        CRASHED = "crashed", "Send task kept crashing"
 
     # Indexed by unique_message_per_step_channel, which starts with it.
     step = models.ForeignKey(Step, null=True, blank=True, on_delete=models.PROTECT, related_name="messages", db_index=False)
@@ -612,10 +643,14 @@ class Message(models.Model):
     sms_segments = models.PositiveSmallIntegerField(null=True, blank=True)
     provider_message_id = models.CharField(max_length=200, blank=True, db_index=True)
     error = models.TextField(blank=True)
+    error_class = models.CharField(max_length=20, choices=ErrorClass.choices, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     expires_at = models.DateTimeField(null=True, blank=True)
     # When the next attempt is due: the reconciler re-enqueues a queued message past it.
     next_attempt_at = models.DateTimeField(default=timezone.now)
+    # Set while a queued message waits in the database, not the broker, beyond the enqueue
+    # horizon (quiet hours): the dispatcher publishes it when it comes within reach.
+    held_until = models.DateTimeField(null=True, blank=True)
     # A send slot this message already holds under the shared rate limit (see ratelimit.py).
     rate_slot_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

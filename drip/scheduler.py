@@ -25,13 +25,11 @@ from django.utils import timezone
 
 from celery_app import ALL_QUEUES, SEND_QUEUES, STEPS
 
-from .models import HELD, VERIFYING, Message, Step, StepQuerySet
+from .models import Message, Step, StepQuerySet
 from .publish import batches, broker_was_reset, enqueue_sends, enqueue_steps, enqueue_verifications, waiting_tasks
 
 log = logging.getLogger("drip.scheduler")
 CLAIM_BATCH = 1000
-STEP_MAX_ATTEMPTS = 5
-MAX_LOST_CLAIMS = 5
 
 
 def horizon(now: datetime) -> datetime:
@@ -191,9 +189,7 @@ def _reenqueue_lost_steps(now: datetime, stale: datetime, everything: bool, busy
     lost_running = Q(status=Step.Status.RUNNING, started_at__lt=stale)
     # A step whose task keeps dying (a bug, not a lost worker) stops here instead of
     # coming back every grace period forever.
-    Step.objects.filter(lost_running, attempts__gte=STEP_MAX_ATTEMPTS).fail(
-        f"step task did not finish in {STEP_MAX_ATTEMPTS} attempts; see the worker log", now
-    )
+    Step.objects.filter(lost_running).fail_repeated_crashes(now)
     lost_enqueued = Q(status=Step.Status.ENQUEUED)
     if not everything:
         lost_enqueued &= Q(due_at__lt=stale, enqueued_at__lt=stale)
@@ -221,7 +217,7 @@ def rearm_steps(lost: StepQuerySet, now: datetime, alone: bool = False) -> int:
 
 def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool, busy: set[str] | None = None) -> int:
     # A held message far from its time is not lost: it waits in the database on purpose.
-    queued = Message.objects.filter(status=Message.Status.QUEUED).exclude(claim_token=HELD, next_attempt_at__gt=horizon(now))
+    queued = Message.objects.filter(status=Message.Status.QUEUED).exclude(held_until__isnull=False, next_attempt_at__gt=horizon(now))
     if not everything:
         queued = queued.filter(next_attempt_at__lt=stale)
         # Its task may wait in its channel's queue behind a backlog (_busy_queues).
@@ -229,9 +225,7 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool, b
     # A send stuck before its provider call (sending_at unset) never left: send it again.
     stuck = Message.objects.stuck_before_call(stale)
     # One whose send task keeps dying before the provider call (a bug) stops here.
-    stuck.filter(lost_claims__gte=MAX_LOST_CLAIMS - 1).fail(
-        f"send task did not finish in {MAX_LOST_CLAIMS} attempts; see the worker log", now
-    )
+    stuck.fail_repeated_crashes(now)
     lost = queued | stuck
     total = 0
     for rows in in_batches(lost, ("channel", "next_attempt_at")):
@@ -250,7 +244,7 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool, b
     return total
 
 
-WORKER_LOST = VERIFYING + "worker lost during the provider call"
+WORKER_LOST = "worker lost during the provider call"
 
 
 def _verify_interrupted_sends(now: datetime) -> int:

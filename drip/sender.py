@@ -28,7 +28,7 @@ from django.utils import timezone
 from .channels import Transport, TransportError, transport_for
 from .consent import ConsentView, suppress
 from .logs import IdsAdapter, mask_address, message_log
-from .models import HELD, VERIFYING, Channel, Contact, Message, MessageQuerySet, Suppression
+from .models import Channel, Contact, Message, MessageQuerySet, Suppression
 from .policy import frequency_cap_reason, frequency_capped, message_block, message_expiry, quiet_hours_end
 from .publish import enqueue_sends, enqueue_verifications
 from .ratelimit import reserve_send_slot
@@ -196,10 +196,11 @@ def _render(message: Message, log: IdsAdapter, numbers_reached: set[str]) -> Ren
     try:
         return render_message(message, numbers_reached)
     except RenderError as exc:
-        _finish(message, Message.Status.FAILED, error=str(exc))
+        _finish(message, Message.Status.FAILED, error=str(exc), error_class=Message.ErrorClass.RENDER)
         log.error("%s %s failed: %s", message.template_type, message.channel, exc)
     except Exception as exc:  # a bug must fail this message once, not loop via the reconciler
-        _finish(message, Message.Status.FAILED, error=f"rendering crashed: {type(exc).__name__}: {exc}")
+        _finish(message, Message.Status.FAILED, error=f"rendering crashed: {type(exc).__name__}: {exc}",
+                error_class=Message.ErrorClass.RENDER)
         log.exception("%s %s failed: rendering crashed", message.template_type, message.channel)
     return None
 
@@ -310,7 +311,7 @@ def _held_for_quiet_hours(message: Message, log: IdsAdapter) -> bool:
         _finish(message, Message.Status.SKIPPED, error=f"quiet hours until {local}, past its expiry at {expires.isoformat()}")
         log.info("%s sms skipped: quiet hours would pass its expiry", message.template_type)
         return True
-    _requeue(message, (until - now).total_seconds(), error=f"held for quiet hours until {local}", count_attempt=False, long=True)
+    _mine(message).hold_until(until, f"held for quiet hours until {local}", now)
     log.info("%s sms held for quiet hours until %s", message.template_type, local)
     return True
 
@@ -395,7 +396,8 @@ def _on_transport_error(message: Message, exc: TransportError, consent: ConsentV
         consent.suppressed(message.channel, address)
     if exc.permanent or attempts >= settings.DRIP_SEND_MAX_ATTEMPTS:
         why = "permanent" if exc.permanent else f"gave up after {attempts} attempts"
-        _finish(message, Message.Status.FAILED, error=f"{exc.message} ({why})")
+        error_class = Message.ErrorClass.PERMANENT if exc.permanent else Message.ErrorClass.GAVE_UP
+        _finish(message, Message.Status.FAILED, error=f"{exc.message} ({why})", error_class=error_class)
         log.error("%s %s failed (%s): %s", message.template_type, message.channel, why, exc.message)
         return
     delay = retry_delay(attempts)
@@ -410,29 +412,21 @@ def _verify_later(message: Message, exc: TransportError, log: IdsAdapter) -> Non
     now = timezone.now()
     at = now + timedelta(seconds=settings.DRIP_VERIFY_DELAY)
     with transaction.atomic():
-        if _mine(message).verify_later(at, VERIFYING + exc.message, now):
+        if _mine(message).verify_later(at, exc.message, now):
             transaction.on_commit(lambda: enqueue_verifications([(message.id, message.channel)], eta=at))
     log.warning("%s %s outcome unknown, verifying with the provider in %.0fs: %s", message.template_type, message.channel,
                 settings.DRIP_VERIFY_DELAY, exc.message)
 
 
-def _requeue(
-    message: Message, delay: float, error: str | None, count_attempt: bool, rate_slot: bool = False, long: bool = False
-) -> None:
-    """Back to queued, to be sent again in `delay` real seconds. A rate-limit deferral is
-    not an attempt and keeps its reserved slot; a provider error is, and records its error."""
+def _requeue(message: Message, delay: float, error: str | None, count_attempt: bool, rate_slot: bool = False) -> None:
+    """Back to queued, to be sent again in `delay` real seconds, with an ETA task (a short
+    wait: a long one is `hold_until`). A rate-limit deferral is not an attempt and keeps its
+    reserved slot; a provider error is, and records its error."""
     at = timezone.now() + timedelta(seconds=delay)
-    # A long wait (quiet hours: up to a night) is not held by the broker (an ETA task that
-    # long is delivered again every visibility timeout): the row waits, marked held, and the
-    # dispatcher publishes it once it comes within the horizon. Retries and rate-limit waits
-    # are short and keep their own ETA task.
-    held = long
     fields: dict[str, object] = {
         "status": Message.Status.QUEUED, "sending_at": None, "updated_at": timezone.now(),
         "next_attempt_at": at, "rate_slot_at": at if rate_slot else None,
     }
-    if held:
-        fields["claim_token"] = HELD
     if error is not None:
         fields["error"] = error
     if not count_attempt:
@@ -440,7 +434,7 @@ def _requeue(
     with transaction.atomic():
         # The row is the timer here too: if this countdown task is lost, the reconciler
         # re-enqueues the message once next_attempt_at has passed.
-        if _mine(message).update(**fields) and not held:
+        if _mine(message).update(**fields):
             transaction.on_commit(lambda: enqueue_sends([(message.id, message.channel)], eta=at))
 
 

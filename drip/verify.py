@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from .channels import Lookup, transport_for
 from .logs import message_log
-from .models import VERIFYING, Message, MessageQuerySet
+from .models import Message, MessageQuerySet
 from .publish import enqueue_sends, enqueue_verifications
 
 
@@ -59,7 +59,7 @@ def settle(message: Message, lookup: Lookup) -> None:
     """Write what the lookup says, while this task's claim holds."""
     now = timezone.now()
     mine = Message.objects.filter(id=message.id, claim_token=message.claim_token)
-    why = message.error.removeprefix(VERIFYING) or "outcome unknown"
+    why = message.error or "outcome unknown"
     log = message_log(message)
     if lookup.outcome == Lookup.ACCEPTED:
         if mine.verified_sent(lookup.provider_id, now):
@@ -73,7 +73,8 @@ def settle(message: Message, lookup: Lookup) -> None:
         _ask_again(message, mine, _lookup_backoff(message.verify_attempts), now)
         log.warning("%s %s cannot tell yet (%s); asking again", message.template_type, message.channel, lookup.reason)
         return
-    if mine.verify_failed(f"{why}: outcome unknown ({lookup.reason}), not resent to avoid a duplicate", now):
+    if mine.verify_failed(f"{why}: outcome unknown ({lookup.reason}), not resent to avoid a duplicate",
+                          Message.ErrorClass.OUTCOME_UNKNOWN, now):
         log.error("%s %s outcome unknown after %s: %s", message.template_type, message.channel, why, lookup.reason)
 
 
@@ -87,7 +88,7 @@ def _not_found(message: Message, mine: MessageQuerySet, why: str, now: datetime)
         return
     if message.attempts >= settings.DRIP_SEND_MAX_ATTEMPTS:
         error = f"{why}: not found at the provider (gave up after {message.attempts} attempts)"
-        if mine.verify_failed(error, now):
+        if mine.verify_failed(error, Message.ErrorClass.GAVE_UP, now):
             log.error("%s %s failed: %s", message.template_type, message.channel, error)
         return
     with transaction.atomic():

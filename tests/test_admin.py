@@ -127,7 +127,7 @@ def test_send_again_requeues_only_failed_messages(operator, django_capture_on_co
 
     contact = make_contact()
     failed = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome",
-                                    status=Message.Status.FAILED, attempts=5, error="outcome unknown")
+                                    status=Message.Status.FAILED, attempts=5, error="outcome unknown", error_class=Message.ErrorClass.OUTCOME_UNKNOWN)
     sent = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", status=Message.Status.SENT)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = operator.post("/admin/drip/message/", {"action": "send_again", "_selected_action": [failed.pk, sent.pk]}, follow=True)

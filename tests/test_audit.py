@@ -67,7 +67,7 @@ def test_cancelling_an_event_is_logged_with_its_count(client, operator):
 def test_sending_a_message_again_is_logged(client, operator, django_capture_on_commit_callbacks):
     contact = make_contact()
     message = Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", to=contact.email,
-                                     status=Message.Status.FAILED, error="outcome unknown")
+                                     status=Message.Status.FAILED, error="outcome unknown", error_class=Message.ErrorClass.OUTCOME_UNKNOWN)
     with django_capture_on_commit_callbacks():
         client.post("/admin/drip/message/", {"action": "send_again", "_selected_action": [message.pk]})
     assert "1 failed message(s) re-queued" in the_entry(message, operator, "send_again").change_message

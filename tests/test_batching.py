@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from drip import scheduler, services
 from drip.consent import ConsentView, record_consent
-from drip.models import Channel, ConsentRecord, Message, Step
+from drip.models import MAX_LOST_CLAIMS, Channel, ConsentRecord, Message, Step
 from drip.publish import enqueue_steps
 from drip.sender import send_batch as send_messages
 from drip.steps import run_step_batch as run_steps
@@ -152,7 +152,7 @@ def test_an_unexpected_error_mid_batch_hands_back_the_rest(db, providers, monkey
     assert (bad.status, bad.attempts, bad.lost_claims) == (Message.Status.QUEUED, 0, 1)
     # One whose send task keeps dying before the provider call stops after MAX_LOST_CLAIMS.
     Message.objects.filter(pk=bad.pk).update(
-        status=Message.Status.SENDING, lost_claims=scheduler.MAX_LOST_CLAIMS - 1, updated_at=timezone.now() - timedelta(hours=1)
+        status=Message.Status.SENDING, lost_claims=MAX_LOST_CLAIMS - 1, updated_at=timezone.now() - timedelta(hours=1)
     )
     scheduler.reconcile()
     bad.refresh_from_db()

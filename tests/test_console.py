@@ -193,7 +193,7 @@ def test_a_funnel_with_only_a_held_message_left_says_it_waits(operator):
     registration = register_quietly(make_contact(), event)
     held_until = timezone.now() + timedelta(hours=5)
     Message.objects.create(contact=registration.contact, registration=registration, channel=Channel.SMS,
-                           template_type="reengagement", status=Message.Status.QUEUED, next_attempt_at=held_until,
+                           template_type="reengagement", status=Message.Status.QUEUED, next_attempt_at=held_until, held_until=held_until,
                            error="held for quiet hours until 08:00 America/New_York")
     page = text(operator.get(f"/admin/drip/event/{event.pk}/change/"))
     assert "nothing pending" not in page
@@ -204,8 +204,8 @@ def test_the_index_shows_what_needs_attention(operator):
     contact = make_contact()
     Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", status=Message.Status.FAILED,
                            error="provider said no")
-    Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", status=Message.Status.QUEUED,
-                           error="outcome unknown: timed out after the request was sent")
+    Message.objects.create(contact=contact, channel=Channel.EMAIL, template_type="welcome", status=Message.Status.FAILED,
+                           error="outcome unknown: timed out after the request was sent", error_class=Message.ErrorClass.OUTCOME_UNKNOWN)
     registration = enroll(make_contact(), make_event())
     Step.objects.filter(registration=registration, key="reminder_24h").update(due_at=timezone.now() - timedelta(minutes=5))
     page = text(operator.get("/admin/"))
@@ -214,7 +214,7 @@ def test_the_index_shows_what_needs_attention(operator):
         assert label in page
     from drip.console.attention import needs_attention
     counts = [row["count"] for row in needs_attention()["rows"]]
-    assert counts == [1, 1, 1]
+    assert counts == [2, 1, 1]  # both failed; one of them with its outcome unknown
     for row in needs_attention()["rows"]:
         assert operator.get(row["url"]).status_code == 200
 

@@ -61,7 +61,7 @@ def world() -> dict[str, Any]:
     registration = enroll(contact, event)
     failed = Message.objects.create(contact=contact, registration=registration, channel=Channel.EMAIL,
                                     template_type="welcome", to=contact.email, status=Message.Status.FAILED,
-                                    error="outcome unknown")
+                                    error="outcome unknown", error_class=Message.ErrorClass.OUTCOME_UNKNOWN)
     DeliveryReport.objects.create(message=failed, channel=Channel.EMAIL, kind=DeliveryReport.Kind.BOUNCED,
                                   occurred_at=timezone.now(), provider="postmark", dedupe_key="w1")
     stopped = make_contact()

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from celery_app import app
 from drip import scheduler
-from drip.models import Message, Step
+from drip.models import STEP_MAX_ATTEMPTS, Message, Step
 from drip.publish import waiting_tasks
 from drip.tasks import run_step, send_message
 from tests.factories import enroll, make_contact, make_event
@@ -193,7 +193,7 @@ def test_a_step_that_keeps_dying_is_failed_instead_of_retried_forever(transactio
     registration = enroll(make_contact(), make_event(starts_in=3600))
     step = Step.objects.get(registration=registration, key="welcome")
     Step.objects.filter(id=step.id).update(
-        status=Step.Status.RUNNING, started_at=timezone.now() - timedelta(minutes=5), attempts=scheduler.STEP_MAX_ATTEMPTS
+        status=Step.Status.RUNNING, started_at=timezone.now() - timedelta(minutes=5), attempts=STEP_MAX_ATTEMPTS
     )
     assert scheduler.reconcile()["steps_reenqueued"] == 0
     step.refresh_from_db()

@@ -212,11 +212,15 @@ def test_metrics_count_from_the_database(db, client, django_assert_max_num_queri
     message(registration, steps["reminder_24h"], channel=Channel.SMS, template_type="reminder_24h",
             sent_at=now - timedelta(seconds=60), status=Message.Status.DELIVERED)
     message(registration, steps["welcome"], sent_at=now - timedelta(days=2))
-    message(registration, channel=Channel.SMS, status=Message.Status.FAILED, error="twilio 21211: invalid number (permanent)")
-    message(registration, status=Message.Status.FAILED, error="email provider unreachable: timeout (gave up after 5 attempts)")
-    message(registration, status=Message.Status.FAILED, error="worker lost during the provider call: outcome unknown, not resent")
-    message(registration, status=Message.Status.FAILED, error="undelivered: 30003")
-    message(registration, status=Message.Status.FAILED, error="something odd")
+    failed, klass = Message.Status.FAILED, Message.ErrorClass
+    message(registration, channel=Channel.SMS, status=failed, error="twilio 21211: invalid number (permanent)",
+            error_class=klass.PERMANENT)
+    message(registration, status=failed, error="email provider unreachable: timeout (gave up after 5 attempts)",
+            error_class=klass.GAVE_UP)
+    message(registration, status=failed, error="worker lost during the provider call: outcome unknown, not resent",
+            error_class=klass.OUTCOME_UNKNOWN)
+    message(registration, status=failed, error="undelivered: 30003", error_class=klass.DELIVERY_REPORT)
+    message(registration, status=failed, error="something odd")  # a row from before error_class: "other"
     for i, kind in enumerate(["delivered", "delivered", "opened"]):
         DeliveryReport.objects.create(message=late2, channel="email", kind=kind, occurred_at=now, provider="postmark", dedupe_key=f"k{i}")
     InboundSms.objects.create(from_number="+14155550100", body="STOP", kind=InboundSms.Kind.OPT_OUT)
@@ -257,7 +261,7 @@ def test_metrics_count_from_the_database(db, client, django_assert_max_num_queri
 def test_metrics_query_count_does_not_grow(db, client, django_assert_max_num_queries):
     registration = enroll(make_contact(), make_event())
     for n in range(60):
-        message(registration, status=Message.Status.FAILED, error=f"boom {n} (permanent)")
+        message(registration, status=Message.Status.FAILED, error=f"boom {n} (permanent)", error_class=Message.ErrorClass.PERMANENT)
     with django_assert_max_num_queries(8):
         samples = scrape(client)
     assert sample(samples, "drip_provider_errors", channel="email", **{"class": "permanent"}) == 60

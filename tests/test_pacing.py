@@ -9,7 +9,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from drip.models import HELD, Channel, Message, Purpose
+from drip.models import Channel, Message, Purpose
 from drip.pacing import FrequencyCap, QuietHours, parse_frequency_cap, parse_quiet_hours
 from drip.policy import quiet_hours_end
 from drip.publish import enqueue_sends
@@ -113,7 +113,7 @@ def test_a_marketing_sms_in_quiet_hours_waits_in_the_database_and_the_dispatcher
     providers.wait_for(1)  # the email is not held
     wait_until(lambda: Message.objects.get(pk=sms.pk).error.startswith("held for quiet hours"))
     sms.refresh_from_db()
-    assert (sms.status, sms.claim_token, sms.attempts) == (Message.Status.QUEUED, HELD, 0)
+    assert (sms.status, sms.held_until, sms.attempts) == (Message.Status.QUEUED, sms.next_attempt_at, 0)
     local_end = sms.next_attempt_at.astimezone(ZoneInfo(contact.timezone))
     assert (local_end.hour, local_end.minute, local_end.second) == (8, 0, 0) and sms.next_attempt_at > timezone.now()
     assert contact.timezone in sms.error and [r.kind for r in providers.messages()] == ["email"]

@@ -50,7 +50,7 @@ class PreviewForm(forms.Form):
 
 class MessageAdmin(SendPermission, NoDelete, admin.ModelAdmin):
     list_display = ("id", "recipient", "template_type", "channel", "status", "reason", "sent")
-    list_filter = ("status", "channel", ("registration__event", admin.RelatedOnlyFieldListFilter), "template_type",
+    list_filter = ("status", "error_class", "channel", ("registration__event", admin.RelatedOnlyFieldListFilter), "template_type",
                    "step_type", ErrorFilter)
     search_fields = ("contact__email", "contact__phone", "provider_message_id", "error")
     ordering = ("-created_at", "-id")

@@ -22,7 +22,7 @@ def needs_attention(now: datetime | None = None) -> dict[str, Any]:
     overdue_before = now - timedelta(minutes=1)
     failed = Message.objects.filter(status__in=FAILED, updated_at__gte=since).count()
     overdue = Step.objects.filter(status__in=Step.OPEN, due_at__lt=overdue_before).count()
-    unknown = Message.objects.filter(error__icontains="outcome unknown").count()
+    unknown = Message.objects.filter(status=Message.Status.FAILED, error_class=Message.ErrorClass.OUTCOME_UNKNOWN).count()
     last_run = PeriodicTask.objects.filter(name=DISPATCH_TASK).values_list("last_run_at", flat=True).first()
     messages_url = reverse("admin:drip_message_changelist")
     steps_url = reverse("admin:drip_step_changelist")
@@ -34,7 +34,7 @@ def needs_attention(now: datetime | None = None) -> dict[str, Any]:
             {"label": "steps overdue (open, due more than a minute ago)", "count": overdue, "bad": overdue > 0,
              "url": f"{steps_url}?" + urlencode({"status__in": "pending,enqueued", "due_at__lt": overdue_before.isoformat()})},
             {"label": "messages whose outcome is unknown", "count": unknown, "bad": unknown > 0,
-             "url": f"{messages_url}?q=outcome+unknown"},
+             "url": f"{messages_url}?" + urlencode({"status__exact": "failed", "error_class__exact": "outcome_unknown"})},
         ],
         "last_dispatch": utc_text(last_run) if last_run else "never",
         "beat_stale": beat_stale,

@@ -55,7 +55,8 @@ def entries(registration: Registration) -> list[Entry]:
             word = m.get_status_display().lower()
             rows.append(Entry(m.updated_at, m.channel, f"{m.channel} {name} {word}", word, m.error, 4))
         elif m.status in (Message.Status.QUEUED, Message.Status.SENDING) and m.error:
-            rows.append(Entry(m.updated_at, m.channel, f"{m.channel} {name} {m.status}", m.status, m.error, 4))
+            detail = f"verifying with the provider: {m.error}" if m.verify_at else m.error
+            rows.append(Entry(m.updated_at, m.channel, f"{m.channel} {name} {m.status}", m.status, detail, 4))
         for r in m.reports.all():
             said = r.get_kind_display()
             detail = f"{r.provider}: {said}" + (f" ({r.detail})" if r.detail else "")

@@ -112,6 +112,8 @@ def apply_report(message: Message, report: Report) -> bool:
         fields["delivered_at"] = report.occurred_at
     else:
         fields["error"] = f"{report.kind}: {report.detail}" if report.detail else report.kind
+        if status == Status.FAILED:
+            fields["error_class"] = Message.ErrorClass.DELIVERY_REPORT
     if rows.advance(status, sources, **fields):
         return True
     if status == Status.DELIVERED:

@@ -23,7 +23,7 @@ from django.utils import timezone
 from drip.fastforward import run_steps_now
 from drip.funnels import Anchor, Funnel, FunnelStep, Trigger, started_by
 from drip.intake.apply import handle_payload
-from drip.models import HELD, ConsentRecord, Contact, DeliveryReport, Event, Message, Registration, Step
+from drip.models import ConsentRecord, Contact, DeliveryReport, Event, Message, Registration, Step
 
 DEMO_PREFIX = "sim-"
 POLL = 0.1  # seconds between looks at the Message table
@@ -111,14 +111,14 @@ class Timeline:
         # Final messages, and those held for the recipient's quiet hours (shown as "held").
         messages = (
             Message.objects.filter(registration_id__in=self.people)
-            .filter(~Q(status__in=BUSY_MESSAGE) | Q(status=Message.Status.QUEUED, claim_token=HELD))
+            .filter(~Q(status__in=BUSY_MESSAGE) | Q(status=Message.Status.QUEUED, held_until__isnull=False))
             .exclude(id__in=self.shown_messages).order_by("updated_at", "id")
         )
         for message in messages:
             self.shown_messages.add(message.pk)
             at = message.sent_at or message.updated_at
             registration = message.registration_id or 0  # every demo message belongs to a registration
-            status = "held" if message.claim_token == HELD and message.status == Message.Status.QUEUED else message.status
+            status = "held" if message.held_until is not None and message.status == Message.Status.QUEUED else message.status
             self._line(at, message.template_type, message.channel, registration, status, self._detail(message))
         quiet_steps = (
             Step.objects.filter(
@@ -251,7 +251,7 @@ class Simulation:
             self.timeline.poll()
             busy = steps.filter(status__in=BUSY_STEP).exists() or Message.objects.filter(
                 step__in=steps, status__in=BUSY_MESSAGE
-            ).exclude(claim_token=HELD).exists()  # held for quiet hours: it goes in the morning
+            ).filter(held_until__isnull=True).exists()  # held for quiet hours: it goes in the morning
             if not busy:
                 self.timeline.poll()
                 return
