@@ -80,10 +80,24 @@ def redact_tokens(text: str) -> str:
     return TOKEN_IN_PATH.sub(r"\1[token]", text)
 
 
+# A provider's error text quotes the recipient ("The 'To' number +14155550123 is not…"):
+# every address or number that reaches a log line is masked there, whoever wrote the line.
+EMAIL_IN_TEXT = re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+PHONE_IN_TEXT = re.compile(r"(?<![\w+])\+\d{7,15}\b")
+
+
+def redact(text: str) -> str:
+    """Tokens out, addresses and numbers masked."""
+    text = EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group(0)), redact_tokens(text))
+    return PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), text)
+
+
 class RedactTokens(logging.Filter):
+    """Every handler's filter (settings.LOGGING): no token, address or number in a log."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = redact_tokens(message)
+        redacted = redact(message)
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True

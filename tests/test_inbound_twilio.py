@@ -331,3 +331,18 @@ def test_the_sms_asks_for_its_status_report_with_its_id_and_a_validity_period(wo
     [got] = providers.wait_for(1, kind="sms")
     assert got.raw["StatusCallback"] == f"https://drip.example.org/webhooks/twilio/status/?m={message.pk}"
     assert got.raw["ValidityPeriod"] == "900"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("From", "+1415555\n0100"), ("From", "<script>"), ("To", "+1" + "5" * 40), ("MessageSid", "SM\r\nforged"),
+])
+def test_a_signed_but_malformed_field_is_a_400_naming_it_and_writes_nothing(client, db, twilio, field, value):
+    params = {**inbound_params("+14155550100", "STOP"), field: value}
+    response = signed_post(client, INBOUND, params)
+    assert response.status_code == 400 and field in response.content.decode()
+    assert not InboundSms.objects.exists() and not Suppression.objects.exists()
+
+
+def test_a_nul_in_a_message_is_dropped_not_a_500(client, db, twilio):
+    response = signed_post(client, INBOUND, inbound_params("+14155550100", "hello\x00 there"))
+    assert response.status_code == 200 and InboundSms.objects.get().body == "hello there"

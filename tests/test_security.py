@@ -250,3 +250,15 @@ def test_a_token_naming_no_contact_or_a_tampered_one_changes_nothing(db):
     assert one_click(f"/u/{token}/").status_code == 404
     assert one_click(f"/u/{token[:-2]}xx/").status_code == 400
     assert not Suppression.objects.exists()
+
+
+def test_no_address_or_number_reaches_a_log_line_whoever_wrote_it():
+    """A provider's error text quotes the recipient; the handlers' filter masks it."""
+    import logging
+
+    from drip.logs import RedactTokens
+
+    record = logging.LogRecord("drip.messages", logging.ERROR, __file__, 1, "failed: %s", (
+        "The 'To' number +14155550123 is not valid; Invalid 'To' address: ada.l+x@example.co.uk; see /u/abc:def/",), None)
+    assert RedactTokens().filter(record)
+    assert record.getMessage() == "failed: The 'To' number …0123 is not valid; Invalid 'To' address: a***@example.co.uk; see /u/[token]/"

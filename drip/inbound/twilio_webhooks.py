@@ -5,12 +5,14 @@ read, let alone written."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from functools import wraps
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, QueryDict
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -19,6 +21,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from ..consent import contacts_at, lift_for_recipient, suppress
 from ..models import Channel, DeliveryReport, InboundSms, Message, Suppression
+from ..validation import validate_webhook_address
 from .reports import Report, record_report
 
 log = logging.getLogger("drip.inbound")
@@ -80,9 +83,34 @@ def twilio_signed(view: Callable[[HttpRequest], HttpResponse]) -> Callable[[Http
         if not signature_is_valid(request):
             log.warning("twilio webhook %s refused: missing or invalid X-Twilio-Signature", request.path)
             return HttpResponseForbidden("invalid Twilio signature")
+        refusal = malformed(request.POST)
+        if refusal:
+            log.warning("twilio webhook %s refused: %s", request.path, refusal)
+            return HttpResponseBadRequest(refusal)
         return view(request)
 
     return checked
+
+
+SID = re.compile(r"[A-Za-z0-9]{2,64}")  # Twilio's are SM + 32 hex; letters and digits is the rule that matters
+
+
+def malformed(params: QueryDict) -> str:
+    """Signed is not well-formed (a misconfigured proxy, a test console): what the rows store
+    must still be numbers, sids and codes, or the request is refused naming the field."""
+    for name in ("From", "To"):
+        value = params.get(name, "")
+        if value:
+            try:
+                validate_webhook_address(value)
+            except ValidationError as exc:
+                return f"{name} {exc.messages[0]}"
+    for name in ("MessageSid", "SmsSid"):
+        if params.get(name) and not SID.fullmatch(params[name]):
+            return f"{name} is not a Twilio message sid (letters and digits)"
+    if params.get("ErrorCode") and not params["ErrorCode"].isdigit():
+        return "ErrorCode is not a number"
+    return ""
 
 
 def twiml(reply: str = "") -> HttpResponse:
@@ -152,7 +180,8 @@ def classify(body: str, opt_out_type: str = "") -> tuple[str, str]:
 @twilio_signed
 def inbound_sms(request: HttpRequest) -> HttpResponse:
     params = request.POST
-    sender, body = params.get("From", "").strip(), params.get("Body", "")
+    # PostgreSQL text holds no NUL; the rest of a person's message is kept as they wrote it.
+    sender, body = params.get("From", "").strip(), params.get("Body", "").replace("\x00", "")
     kind, keyword = classify(body, params.get("OptOutType", ""))
     stored = store_inbound(params.dict(), sender, body, kind)
     if stored is None:
