@@ -24,9 +24,7 @@ app.steps["worker"].add("drip.workers:WorkerPresence")
 # queue for every send batch). `messages` is the queue of every send before the split:
 # tasks still in it after an upgrade are consumed, and nothing new is published to it.
 # `control` carries beat's periodic ticks (dispatch, reconcile, failover) apart from the
-# work: behind a backlog of step tasks they expired unrun, so the reconciler and the failover
-# were silent exactly when a flushed broker or a killed worker needed them (the soak found
-# 7,787 steps left enqueued that way).
+# work, so no backlog delays the recovery that a flushed broker or a killed worker needs.
 CONTROL, STEPS, EMAIL, SMS, LEGACY_MESSAGES = "control", "steps", "email", "sms", "messages"
 SEND_QUEUES = {"email": EMAIL, "sms": SMS}
 ALL_QUEUES = (CONTROL, STEPS, EMAIL, SMS, LEGACY_MESSAGES)

@@ -162,7 +162,7 @@ def migrate() -> None:
 
 class Api:
     """POST /api/events, alternating between the two web processes, retrying what the chaos
-    interrupts (a repeated event is harmless: DESIGN.md, "Event API")."""
+    interrupts (a repeated event is harmless: docs/api.md)."""
 
     def __init__(self, ports: list[int]) -> None:
         self.urls = [f"http://127.0.0.1:{p}/api/events" for p in ports]

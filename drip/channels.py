@@ -195,8 +195,8 @@ def _lookup_failed(exc: Exception, provider: str) -> Lookup:
 
 
 # One-request-per-message sends made side by side are gathered in groups of this many, which
-# share one guarded write before their calls and one outcome write after them (with a group
-# of one round of requests, the two statements were about a tenth of an SMS's cost).
+# share one guarded write before their calls and one outcome write after them, keeping the
+# writes a small share of each SMS.
 GROUP_SIZE = 32
 
 

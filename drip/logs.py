@@ -28,7 +28,7 @@ def message_log(message: Any, name: str = "drip.messages") -> IdsAdapter:
     )
 
 
-# --- who did it (DESIGN.md "Security"): the API's token and the shell's user, by name -------
+# --- who did it (docs/security.md): the API's token and the shell's user, by name -------
 # Every change made through the API or a management command leaves one line here, with the
 # caller's name: the console's own changes are in Django's admin log.
 audit = logging.getLogger("drip.audit")

@@ -175,13 +175,9 @@ def cancel_steps(steps: StepQuerySet, reason: str, now: datetime | None = None) 
     of its due time (DRIP_STEP_LEAD) none of whose messages reached a provider is
     cancelled too: to its reader it had not happened yet."""
     now = now or timezone.now()
-    # The ids first (by registration only: the status is checked by each update), then plain
-    # updates by id. On tables filled faster than autovacuum analyses them (an import just
-    # before an event.completed), PostgreSQL planned both `UPDATE ... WHERE id IN (a join)`
-    # and a join that also filtered on the status index as a loop over that whole index per
-    # registration: minutes for 4,000 registrations (found by the soak). A join on the
-    # registration index alone and updates by primary key stay linear whatever the
-    # statistics say.
+    # The ids first (by registration only: each update checks the status), then updates by
+    # primary key: linear whatever the table statistics say (a join filtered on status was
+    # planned as a scan per registration on tables autovacuum had not analysed yet).
     ids = list(steps.order_by().values_list("id", flat=True))
     cancelled = 0
     for batch in batches(ids, CANCEL_BATCH):

@@ -152,8 +152,8 @@ def _reconcile(now: datetime) -> dict[str, int]:
 def _busy_queues() -> set[str]:
     """Queues with tasks no worker has received yet. A step or message enqueued more than the
     grace ago may simply wait in one of them behind a backlog: publishing it again there
-    would double the backlog at every run (the soak saw 14,773 steps re-enqueued at once,
-    then 11,798, ...), so a busy queue's lost enqueues wait until it drains. A lost worker's
+    would double the backlog at every run, so a busy queue's lost enqueues wait until it
+    drains. A lost worker's
     work does not wait: failover takes it back, and the reconciler's "running"/"stuck" paths
     do not look at queues."""
     try:

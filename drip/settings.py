@@ -1,4 +1,4 @@
-"""Drip settings: every knob comes from the environment (see DESIGN.md / README "Configuration").
+"""Drip settings: every knob comes from the environment (docs/configuration.md).
 
 Development works with no environment at all when DEBUG=1; production settings that are
 missing stop the process at start-up with one sentence naming the variable.
@@ -67,7 +67,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
 if DEBUG and not ALLOWED_HOSTS:
     ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
 
-# --- HTTPS (README "Configuration"): on unless DEBUG, each variable may turn one off ----------
+# --- HTTPS (docs/configuration.md): on unless DEBUG, each variable may turn one off ----------
 # TLS ends at a proxy, which says so in this header ("Name: value"; "off" when Drip is not
 # behind one). The proxy must set or strip it: a client that could send it would pass for https.
 _proxy_header = (os.environ.get("DRIP_PROXY_SSL_HEADER") or ("off" if DEBUG else "X-Forwarded-Proto: https")).strip()
@@ -163,7 +163,7 @@ AUTH_PASSWORD_VALIDATORS: list[dict] = [
 ]
 # django-axes first: a locked-out username is refused before its password is even checked.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
-# Repeated failed logins lock the account out for an hour (DESIGN.md "Console permissions").
+# Repeated failed logins lock the account out for an hour (docs/security.md).
 # By username only: behind a proxy every client has the proxy's address, and an attacker
 # rotating addresses must still not get more guesses at one account.
 AXES_FAILURE_LIMIT = 10
@@ -267,9 +267,8 @@ DRIP_STEP_BATCH = int(env_float("DRIP_STEP_BATCH", 200, minimum=1))
 # instant only the send remains (the sender checks everything again right before the
 # provider call). 0 runs steps at their due time.
 DRIP_STEP_LEAD = env_float("DRIP_STEP_LEAD", 10.0, minimum=0)
-# 200: a Postmark request carries up to this many emails, so a provider's round trip (50-300
-# ms) is paid once per 200; at 50, 1,000 reminders due at one instant took p50 1.1 s / p99
-# 1.9 s to reach the stub, at 200 0.76 s / 1.6 s (make bench, bench/README.md).
+# 200: one Postmark request carries a whole batch, so a round trip is paid once per 200
+# (bench/README.md).
 DRIP_SEND_BATCH = int(env_float("DRIP_SEND_BATCH", 200, minimum=1))
 DRIP_SEND_BATCH_SECONDS = env_float("DRIP_SEND_BATCH_SECONDS", 2.0, minimum=0.1)
 # Most emails in one provider request where the backend has a batch endpoint (Postmark's
@@ -283,7 +282,7 @@ if DRIP_EMAIL_BATCH_MAX > 500:
 # after the other. (A threads-pool process, `sender_sms`, sends one per thread: its threads
 # already run side by side.) 4 requests of ~150 ms keep a process at ~25 SMS/s, more than a
 # Twilio sender number takes (1-3/s; short codes 100/s, spread over every process); more
-# threads only fought over the GIL (make bench: 10,000 reminders p99 11.1 s with 8, 10.2 with 4).
+# threads per process only fight over the GIL (bench/README.md).
 DRIP_SMS_PARALLEL = int(env_float("DRIP_SMS_PARALLEL", 4, minimum=1))
 # The same for an ESP whose API takes one email per request (every anymail backend but
 # Postmark's, whose batch endpoint takes a whole send batch in one request).

@@ -51,7 +51,7 @@ def validate_timezone(value: str) -> None:
         )
 
 
-# --- input rules at every door (DESIGN.md "Event API": API, CSV, console, webhooks) ---------
+# --- input rules at every door (docs/security.md: API, CSV, console, webhooks) ---------
 # One validator per rule: the pydantic types of drip.intake.schema, the model fields (so the
 # console's forms) and the webhooks call these, so every door refuses the same values.
 

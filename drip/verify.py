@@ -16,10 +16,8 @@ have it. Sending again could deliver it twice; failing it could lose it. So it i
 The lookups are network calls: no transaction or lock is held across them. The task claims
 each row right before its lookup, with a fresh token (a conditional update) and a lease of
 two provider timeouts, and every outcome is written only while that token holds, so two
-tasks (or two reconcilers publishing one) settle a message once. One row at a time, not the
-batch at once: a batch's lease had to cover every lookup of it (a provider timeout each), so a
-task killed with 100 rows left them out of the reconciler's reach for 50 minutes (the soak
-ended with 202 messages verifying that way); now only the row in hand waits for its lease.
+tasks (or two reconcilers publishing one) settle a message once. One row at a time, so a
+killed task holds one row for one lease, never a whole batch for the sum of its lookups.
 """
 from __future__ import annotations
 

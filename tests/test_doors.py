@@ -1,4 +1,4 @@
-"""Input rules at every door (DESIGN.md "Event API"): no quoted local part, IP literal or
+"""Input rules at every door (docs/security.md, "Input at every door"): no quoted local part, IP literal or
 localhost in an email address; no control or format character (Unicode Cc, Cf, and the line
 separators) in an id or a text; http(s) URLs only, without user info. Each refused value is
 a 400 (or a form error) naming the field, and nothing is written. The same validators

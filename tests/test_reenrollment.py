@@ -1,4 +1,4 @@
-"""Re-enrollment (DESIGN.md): event.enrolled for a cancelled registration reactivates it,
+"""Re-enrollment (docs/api.md): event.enrolled for a cancelled registration reactivates it,
 plans the pre-event steps still ahead as a new plan version, and sends nothing twice. Through
 the event API, seen through the status API, and with a real worker."""
 from __future__ import annotations

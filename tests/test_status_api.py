@@ -1,4 +1,4 @@
-"""GET /api/registrations/<registrationId>: the token, 404 / 405, the body as DESIGN.md
+"""GET /api/registrations/<registrationId>: the token, 404 / 405, the body as docs/api.md
 "Status API" draws it, a bounded query count whatever the history length, and the story of
 a real enrollment sent by a real worker."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The operator's console: one AdminSite (drip/admin/site.py) and every table on it, one
-module per model. Staff act by Django permission (DESIGN.md "Console permissions"): viewing
+module per model. Staff act by Django permission (docs/security.md, "Who can do what"): viewing
 changes nothing, every action that changes data needs the model's change permission, and
 anything that reaches a provider needs `send` (drip.send_messages); every such action leaves
 an admin-log entry (drip/console/audit.py)."""

@@ -75,7 +75,7 @@ class ContactForm(forms.ModelForm):
         cleaned = super().clean() or {}
         if not self.instance.pk:
             return cleaned
-        # A grant over a suppression lifts it: only with a written reason (DESIGN.md "Consent").
+        # A grant over a suppression lifts it: only with a written reason (docs/security.md, "Consent belongs to the address").
         suppressed = suppressed_channels(self.instance)
         reason = cleaned.get("consent_reason", "").strip()
         for channel, suppression in suppressed.items():

@@ -106,9 +106,11 @@ def malformed(params: QueryDict) -> str:
             except ValidationError as exc:
                 return f"{name} {exc.messages[0]}"
     for name in ("MessageSid", "SmsSid"):
-        if params.get(name) and not SID.fullmatch(params[name]):
+        sid = params.get(name, "")
+        if sid and not SID.fullmatch(sid):
             return f"{name} is not a Twilio message sid (letters and digits)"
-    if params.get("ErrorCode") and not params["ErrorCode"].isdigit():
+    code = params.get("ErrorCode", "")
+    if code and not code.isdigit():
         return "ErrorCode is not a number"
     return ""
 

@@ -62,7 +62,7 @@ def human(delta: timedelta) -> str:
 
 
 def when_label(funnel: Funnel, definition: FunnelStep) -> str:
-    """The step's place in funnel time, as the funnel table in DESIGN.md states it."""
+    """The step's place in funnel time, as campaigns/funnels.py defines it."""
     if definition.offset is None:
         return "at enrollment"
     anchor = "start" if funnel.anchor is Anchor.START else "completion"
