@@ -21,13 +21,12 @@ app.steps["worker"].add("drip.workers:WorkerPresence")
 
 # One queue for the timer work and one per channel, so a backlog or an outage of one
 # provider never delays the other channel nor the steps (drip.publish picks the channel's
-# queue for every send batch). `messages` is the queue of every send before the split:
-# tasks still in it after an upgrade are consumed, and nothing new is published to it.
+# queue for every send batch).
 # `control` carries beat's periodic ticks (dispatch, reconcile, failover) apart from the
 # work, so no backlog delays the recovery that a flushed broker or a killed worker needs.
-CONTROL, STEPS, EMAIL, SMS, LEGACY_MESSAGES = "control", "steps", "email", "sms", "messages"
+CONTROL, STEPS, EMAIL, SMS = "control", "steps", "email", "sms"
 SEND_QUEUES = {"email": EMAIL, "sms": SMS}
-ALL_QUEUES = (CONTROL, STEPS, EMAIL, SMS, LEGACY_MESSAGES)
+ALL_QUEUES = (CONTROL, STEPS, EMAIL, SMS)
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
@@ -63,12 +62,9 @@ def _configure_queues(conf: object) -> None:
     conf.update(changes)  # type: ignore[attr-defined]
 
 
-# Send batches are published with an explicit queue= (their channel's, drip.publish): a
-# route cannot look at a task's arguments. These routes only catch a send published
-# without one (the one-id form of old), into the queue every worker consumes.
+# Send and verify batches are published with an explicit queue= (their channel's,
+# drip.publish): a route cannot look at a task's arguments.
 app.conf.task_routes = {
-    "drip.tasks.send_messages": {"queue": LEGACY_MESSAGES},
-    "drip.tasks.send_message": {"queue": LEGACY_MESSAGES},
     "drip.tasks.dispatch_due_steps": {"queue": CONTROL},
     "drip.tasks.reconcile": {"queue": CONTROL},
     "drip.tasks.fail_over_dead_workers": {"queue": CONTROL},

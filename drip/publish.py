@@ -32,7 +32,7 @@ from kombu.transport.native_delayed_delivery import (
     declare_native_delayed_delivery_exchanges_and_queues,
 )
 
-from celery_app import ALL_QUEUES, SEND_QUEUES, app, uses_rabbitmq
+from celery_app import SEND_QUEUES, app, uses_rabbitmq
 
 from .models import Message
 
@@ -152,7 +152,7 @@ def _size(wanted: int | None, most: int) -> int:
 
 
 BROKER_MARK = "drip:broker-mark"  # a Redis key, or a RabbitMQ queue holding one message
-_DELAY_QUEUES = tuple(f"celery_delayed_{level}" for level in range(28))  # native delayed delivery
+DELAY_QUEUES = tuple(f"celery_delayed_{level}" for level in range(28))  # native delayed delivery
 
 
 def broker_was_reset() -> bool:
@@ -210,17 +210,3 @@ def waiting_tasks(queues: Iterable[str]) -> dict[str, int]:
                 counts[name] = int(declared[1]) if declared else 0  # (queue, message_count, consumer_count)
                 channel.close()
     return counts
-
-
-def purge_broker() -> None:
-    """Every task the broker holds is dropped, and the reset mark with them (tests simulate
-    a lost RabbitMQ with it; a lost Redis is a flushed database)."""
-    with app.connection_for_write() as conn:
-        for name in (*ALL_QUEUES, BROKER_MARK, *_DELAY_QUEUES):
-            channel = cast(amqp.Channel, conn.channel())
-            try:
-                channel.queue_purge(name)
-            except conn.channel_errors:
-                pass  # not declared (yet): nothing in it; the broker closed this channel
-            else:
-                channel.close()

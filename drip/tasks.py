@@ -45,17 +45,6 @@ def verify_messages(message_ids: list[int]) -> None:
     verify.verify_batch(message_ids)
 
 
-# The one-id forms: tasks published before batching still run after an upgrade.
-@shared_task(name="drip.tasks.run_step")
-def run_step(step_id: int) -> None:
-    steps.run_step_batch([step_id])
-
-
-@shared_task(name="drip.tasks.send_message")
-def send_message(message_id: int) -> None:
-    sender.send_batch([message_id])
-
-
 @shared_task(name="drip.tasks.dispatch_due_steps")
 def dispatch_due_steps() -> int:
     return scheduler.dispatch_due_steps()

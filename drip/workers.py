@@ -34,9 +34,9 @@ from .publish import RUN_STEPS, SEND_MESSAGES
 
 log = logging.getLogger("drip.workers")
 
-# The tasks whose arguments are step or message ids (the one-id forms of old included).
-STEP_TASKS = frozenset({RUN_STEPS, "drip.tasks.run_step"})
-SEND_TASKS = frozenset({SEND_MESSAGES, "drip.tasks.send_message"})
+# The tasks whose arguments are step or message ids.
+STEP_TASKS = frozenset({RUN_STEPS})
+SEND_TASKS = frozenset({SEND_MESSAGES})
 
 
 class Presence:

@@ -11,7 +11,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
+import amqp
 import redis
 from django.conf import settings as django_settings
 from django.db import connection
@@ -20,8 +22,8 @@ from drip.consent import active_suppression, latest_record
 from drip.models import Contact, Message, Registration, Step
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every queue a worker consumes (celery_app.ALL_QUEUES): control, steps, email, sms, messages.
-QUEUES = ["control", "steps", "email", "sms", "messages"]
+# Every queue a worker consumes (celery_app.ALL_QUEUES): control, steps, email, sms.
+QUEUES = ["control", "steps", "email", "sms"]
 # 24 h of funnel time pass in 4 s of real time; 1 h in about 0.17 s.
 SCALE = 21600
 
@@ -90,11 +92,26 @@ def wait_for_worker(timeout: float = 30) -> None:
 
 
 
+def purge_broker() -> None:
+    """Every task RabbitMQ holds is dropped, and Drip's reset mark with them: a lost broker."""
+    from celery_app import ALL_QUEUES, app
+    from drip.publish import BROKER_MARK, DELAY_QUEUES
+
+    with app.connection_for_write() as conn:
+        for name in (*ALL_QUEUES, BROKER_MARK, *DELAY_QUEUES):
+            channel = cast(amqp.Channel, conn.channel())
+            try:
+                channel.queue_purge(name)
+            except conn.channel_errors:
+                pass  # not declared (yet): nothing in it; the broker closed this channel
+            else:
+                channel.close()
+
+
 def flush_broker() -> None:
     """The broker loses everything: Redis is flushed; RabbitMQ's queues (the delay queues and
     Drip's reset mark included) are purged, and the rate limiter's Redis flushed as on Redis."""
     from celery_app import uses_rabbitmq
-    from drip.publish import purge_broker
 
     if uses_rabbitmq(django_settings.CELERY_BROKER_URL):
         purge_broker()

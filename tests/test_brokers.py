@@ -40,9 +40,8 @@ def status_of(messages: list[Message]) -> set[str]:
     return set(Message.objects.filter(pk__in=[m.pk for m in messages]).values_list("status", flat=True))
 
 
-def test_every_worker_queue_is_declared_and_messages_of_old_are_consumed(worker):
+def test_every_worker_queue_is_declared(worker):
     assert tuple(QUEUES) == ALL_QUEUES  # the tests' workers consume every queue, as the Procfile's worker
-    assert "messages" in ALL_QUEUES  # sends queued before the split still run
 
 
 def test_beats_ticks_go_to_the_control_queue_and_run_ahead_of_a_step_backlog(transactional_db, celery_app):
@@ -120,7 +119,7 @@ def test_email_flows_at_full_rate_while_the_sms_provider_fails(transactional_db,
         enqueue_sends([m.pk for m in sms])
         time.sleep(0.5)  # the SMS sender is now stuck on Twilio
         emails = queued(Channel.EMAIL, 40)
-        with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=["steps", "email", "messages"]):
+        with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=["steps", "email"]):
             started = time.time()
             enqueue_sends([m.pk for m in emails])
             providers.wait_for(40, timeout=10, kind="email")

@@ -16,7 +16,7 @@ from celery_app import app
 from drip import scheduler
 from drip.models import STEP_MAX_ATTEMPTS, Message, Step
 from drip.publish import waiting_tasks
-from drip.tasks import run_step, send_message
+from drip.tasks import run_steps, send_messages
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import QUEUES, Ticker, assert_each_sent_once, flush_broker, settled, wait_for_worker, wait_until, worker_process
 
@@ -25,12 +25,12 @@ def test_the_same_step_and_message_tasks_delivered_twice_send_once(worker, provi
     registration = enroll(make_contact(), make_event(starts_in=5))
     steps = list(Step.objects.filter(registration=registration))
     for step in steps:  # two extra deliveries of every step task, at once
-        run_step.delay(step.id)
-        run_step.delay(step.id)
+        run_steps.delay([step.id])
+        run_steps.delay([step.id])
     wait_until(lambda: settled(registration))
     for message in Message.objects.all():
-        send_message.delay(message.id)
-        send_message.delay(message.id)
+        send_messages.apply_async([[message.id]], queue=message.channel)
+        send_messages.apply_async([[message.id]], queue=message.channel)
     time.sleep(1)
     assert_each_sent_once(providers, 5)
     assert all(s.attempts == 1 for s in Step.objects.all())

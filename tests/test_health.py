@@ -57,7 +57,7 @@ def heartbeating_worker(transactional_db, providers, celery_app, no_heartbeats) 
     without it, as start_worker does by default)."""
     flush_broker()
     with start_worker(
-        celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["steps", "messages"],
+        celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["steps"],
         shutdown_timeout=30, loglevel="WARNING", without_heartbeat=False, hostname="healthz-test@localhost",
     ) as w:
         yield w

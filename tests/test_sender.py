@@ -14,7 +14,7 @@ from drip.direct import send_direct
 from drip.errors import FieldError
 from drip.models import Channel, ConsentRecord, Message
 from drip.sms import GSM7, UCS2, sms_segments
-from drip.tasks import send_message
+from drip.tasks import send_messages
 from tests.factories import make_contact, make_event, register_quietly
 from tests.helpers import current, wait_until
 
@@ -145,8 +145,8 @@ def test_a_direct_send_with_a_key_and_a_duplicate_task_send_once(worker, provide
     first, created = send_direct(contact, Channel.EMAIL, "resources", registration, idempotency_key="k-1")
     again, created_again = send_direct(contact, Channel.EMAIL, "resources", registration, idempotency_key="k-1")
     assert created and not created_again and first.pk == again.pk
-    send_message.delay(first.pk)
-    send_message.delay(first.pk)
+    send_messages.apply_async([[first.pk]], queue=first.channel)
+    send_messages.apply_async([[first.pk]], queue=first.channel)
     finished(first)
     time.sleep(0.5)
     assert len(providers.messages()) == 1

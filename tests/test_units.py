@@ -144,8 +144,8 @@ def test_the_beat_schedule_is_registered_in_code_and_reaches_the_database_schedu
 def test_every_process_enqueues_to_the_configured_broker():
     """A web process never imports celery_app itself; its tasks must still reach Redis."""
     code = (
-        "import django; django.setup(); from django.conf import settings; from drip.tasks import run_step; "
-        "print(run_step.app.main, run_step.app.conf.broker_url == settings.CELERY_BROKER_URL)"
+        "import django; django.setup(); from django.conf import settings; from drip.tasks import run_steps; "
+        "print(run_steps.app.main, run_steps.app.conf.broker_url == settings.CELERY_BROKER_URL)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
