@@ -10,7 +10,6 @@ class DripConfig(AppConfig):
         from django.core import checks
 
         from . import dbtime
-        from .health import connect_signals
         from .inbound.checks import compliance_checks, deploy_checks
         from .inbound.email_reports import on_tracking
 
@@ -20,5 +19,3 @@ class DripConfig(AppConfig):
         checks.register(deploy_checks, "drip", deploy=True)
         # timestamptz columns read by psycopg's C loader (drip/dbtime.py).
         dbtime.connect()
-        # Workers leave a heartbeat in Redis for /healthz (drip/health.py).
-        connect_signals()

@@ -1,14 +1,12 @@
 """Health and metrics: `GET /healthz` for a load balancer or a monitor, `GET /metrics` for
-Prometheus, and the Celery signal receivers that leave a worker's heartbeat in Redis.
+Prometheus.
 
 /healthz checks, each with a short timeout (the whole answer comes within ~3 s even when
 Redis does not answer at all):
 - database: `SELECT 1`;
 - broker: a connection to CELERY_BROKER_URL through the Celery app (redis:// or amqp://);
-- worker: a heartbeat key in Redis (REDIS_URL) younger than HEALTH_WINDOW. Workers write it
-  from Celery's `heartbeat_sent` (every 2 s in a worker with heartbeats on, the default),
-  from `worker_ready`, and after tasks (`task_postrun`, at most every few seconds per
-  process), so a worker started `--without-heartbeat` still shows up while it works;
+- worker: a worker row (drip/workers.py, the heartbeat failover reads too) seen within
+  HEALTH_WINDOW and not stopped;
 - beat: django-celery-beat's PeriodicTask "drip-dispatch-due-steps", whose `last_run_at`
   beat's DatabaseScheduler writes after every dispatch it sends (CELERY_BEAT_SYNC_EVERY=1).
 
@@ -26,19 +24,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
-from celery.signals import heartbeat_sent, task_postrun, worker_ready
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -49,70 +45,14 @@ from prometheus_client.registry import Collector
 from celery_app import app as celery_app
 
 from .api import token_matches
-from .models import Channel, DeliveryReport, InboundSms, Message, Step
+from .models import Channel, DeliveryReport, InboundSms, Message, Step, Worker
 
 log = logging.getLogger("drip.health")
 
 HEALTH_WINDOW = 60  # seconds: a heartbeat or a beat dispatch older than this is a failure
-HEARTBEAT_PREFIX = "drip:health:worker:"
-HEARTBEAT_TTL = HEALTH_WINDOW
-HEARTBEAT_MIN_GAP = 5.0  # seconds between two heartbeat writes of one process and hostname
-REDIS_TIMEOUT = 1.0
 BROKER_TIMEOUT = 2  # whole seconds (kombu's ensure_connection)
 DISPATCH_TASK_NAME = "drip-dispatch-due-steps"  # celery_app._beat_schedule
 OK = "ok"
-
-
-# --- the worker's heartbeat ---------------------------------------------------------------
-
-_last_write: dict[str, float] = {}
-_last_write_lock = threading.Lock()
-
-
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.DRIP_RATE_LIMIT_REDIS_URL, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-    )
-
-
-def record_heartbeat(hostname: str, force: bool = False) -> None:
-    """This worker is alive: a key per hostname that expires after HEALTH_WINDOW. Never
-    raises: a heartbeat that cannot be written must not break a task."""
-    now = time.monotonic()
-    with _last_write_lock:
-        if not force and now - _last_write.get(hostname, -HEARTBEAT_MIN_GAP) < HEARTBEAT_MIN_GAP:
-            return
-        _last_write[hostname] = now
-    try:
-        _redis().set(HEARTBEAT_PREFIX + hostname, datetime.now(UTC).isoformat(), ex=HEARTBEAT_TTL)
-    except redis.RedisError as exc:
-        log.warning("could not record the worker heartbeat of %s: %s", hostname, exc)
-
-
-def _hostname(candidate: object) -> str:
-    name = getattr(candidate, "hostname", None)
-    return str(name) if name else socket.gethostname()
-
-
-def on_heartbeat_sent(sender: Any = None, **kwargs: Any) -> None:
-    # sender is celery.worker.heartbeat.Heart; its event dispatcher knows the worker's name.
-    record_heartbeat(_hostname(getattr(sender, "eventer", None)))
-
-
-def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
-    record_heartbeat(_hostname(sender), force=True)  # sender: the worker's Consumer
-
-
-def on_task_postrun(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
-    record_heartbeat(_hostname(getattr(task, "request", None)))
-
-
-def connect_signals() -> None:
-    """Called from DripConfig.ready(), so every process that runs a worker has them before
-    its heartbeat starts (Celery only sends heartbeat_sent when it has receivers then)."""
-    heartbeat_sent.connect(on_heartbeat_sent, dispatch_uid="drip.health.heartbeat_sent", weak=False)
-    worker_ready.connect(on_worker_ready, dispatch_uid="drip.health.worker_ready", weak=False)
-    task_postrun.connect(on_task_postrun, dispatch_uid="drip.health.task_postrun", weak=False)
 
 
 # --- the checks ---------------------------------------------------------------------------
@@ -151,12 +91,13 @@ def check_broker() -> str:
 
 
 def check_worker() -> str:
+    """Any worker process that wrote its heartbeat row lately (drip/workers.py): the one
+    heartbeat failover also reads, on the database's clock."""
     try:
-        client = _redis()
-        names = [k.decode() if isinstance(k, bytes) else str(k) for k in client.scan_iter(match=HEARTBEAT_PREFIX + "*", count=100)]
-    except redis.RedisError as exc:
-        return f"cannot read worker heartbeats from Redis ({_why(exc, 'worker')})"
-    if not names:
+        alive = Worker.objects.filter(stopped_at__isnull=True, seen_at__gte=Now() - timedelta(seconds=HEALTH_WINDOW)).exists()
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot read the workers' heartbeats ({_why(exc, 'worker')})"
+    if not alive:
         return f"no worker heartbeat in the last {HEALTH_WINDOW} s: is a worker running?"
     return OK
 
@@ -184,21 +125,21 @@ def check_beat(now: datetime | None = None) -> str:
     return OK
 
 
-# Redis and the broker are asked at once, each bounded by its own timeout; the database
-# checks run in the request's thread (its connection, and a test's transaction).
+# The broker is asked in a thread of its own, bounded by its timeout; the database checks
+# run in the request's thread (its connection, and a test's transaction).
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drip-health")
 
 
 def run_checks() -> dict[str, str]:
-    remote: dict[str, Callable[[], str]] = {"broker": check_broker, "worker": check_worker}
-    futures = {name: _pool.submit(fn) for name, fn in remote.items()}
+    broker = _pool.submit(check_broker)
     checks = {"database": check_database()}
-    for name, future in futures.items():
-        try:
-            checks[name] = future.result(timeout=BROKER_TIMEOUT + 1)
-        except Exception as exc:  # noqa: BLE001 - a timeout included
-            checks[name] = f"no answer in time ({_why(exc, name)})"
-    checks["beat"] = check_beat() if checks["database"] == OK else "unknown: the database is unreachable"
+    try:
+        checks["broker"] = broker.result(timeout=BROKER_TIMEOUT + 1)
+    except Exception as exc:  # noqa: BLE001 - a timeout included
+        checks["broker"] = f"no answer in time ({_why(exc, 'broker')})"
+    reachable = checks["database"] == OK
+    checks["worker"] = check_worker() if reachable else "unknown: the database is unreachable"
+    checks["beat"] = check_beat() if reachable else "unknown: the database is unreachable"
     return {name: checks[name] for name in ("database", "broker", "worker", "beat")}
 
 

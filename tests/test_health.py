@@ -1,5 +1,5 @@
-"""/healthz with real components (a Celery worker that heartbeats, the real Redis, beat's
-PeriodicTask row) and /metrics parsed back with prometheus_client's own parser."""
+"""/healthz with real components (a Celery worker whose presence heartbeats in the database,
+the real broker, beat's PeriodicTask row) and /metrics parsed back with prometheus_client's own parser."""
 from __future__ import annotations
 
 import time
@@ -8,21 +8,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import redis
-from celery.contrib.testing.worker import start_worker
-from django.conf import settings as django_settings
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from prometheus_client.parser import text_string_to_metric_families
 
 from drip import health
-from drip.models import Channel, DeliveryReport, InboundSms, Message, Step
+from drip.models import Channel, DeliveryReport, InboundSms, Message, Step, Worker
 from tests.factories import enroll, make_contact, make_event
-from tests.helpers import flush_broker, wait_until
+from tests.helpers import wait_until
 
-# Read once: a test may point the setting at a closed port, and this fixture's teardown
-# runs before that override is undone.
-TEST_REDIS_URL = django_settings.DRIP_RATE_LIMIT_REDIS_URL
 METRICS_TOKEN = "m3trics-token"
 
 
@@ -37,31 +31,10 @@ def fresh_checks(settings) -> Iterator[None]:
     health.forget_checks()
 
 
-def clear_heartbeats() -> None:
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    for key in client.scan_iter(match=health.HEARTBEAT_PREFIX + "*"):
-        client.delete(key)
-    health._last_write.clear()
-
-
-@pytest.fixture
-def no_heartbeats() -> Iterator[None]:
-    clear_heartbeats()
-    yield
-    clear_heartbeats()
-
-
-@pytest.fixture
-def heartbeating_worker(transactional_db, providers, celery_app, no_heartbeats) -> Iterator[object]:
-    """A worker with Celery's heartbeat on (as in production; conftest's `worker` runs
-    without it, as start_worker does by default)."""
-    flush_broker()
-    with start_worker(
-        celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["steps"],
-        shutdown_timeout=30, loglevel="WARNING", without_heartbeat=False, hostname="healthz-test@localhost",
-    ) as w:
-        yield w
-    flush_broker()
+def alive(name: str = "someone@host", seen_ago: float = 0) -> Worker:
+    """What a worker process's presence thread writes (drip/workers.py): its heartbeat row."""
+    seen = timezone.now() - timedelta(seconds=seen_ago)
+    return Worker.objects.create(name=name, pid=1, started_at=seen, seen_at=seen)
 
 
 def beat_ran(seconds_ago: float) -> PeriodicTask:
@@ -77,36 +50,28 @@ def beat_ran(seconds_ago: float) -> PeriodicTask:
 # --- /healthz -----------------------------------------------------------------------------
 
 
-def test_all_ok_with_a_worker_that_heartbeats_and_a_fresh_beat(heartbeating_worker, client):
+def test_all_ok_with_a_running_worker_and_a_fresh_beat(worker, client):
+    """The worker's presence thread writes its heartbeat row every DRIP_WORKER_HEARTBEAT:
+    the one heartbeat both /healthz and failover read."""
     beat_ran(seconds_ago=3)
-    key = health.HEARTBEAT_PREFIX + "healthz-test@localhost"
-    store = redis.Redis.from_url(django_settings.DRIP_RATE_LIMIT_REDIS_URL)
-    wait_until(lambda: store.exists(key), timeout=10)
-    assert 0 < store.ttl(key) <= health.HEARTBEAT_TTL
+    wait_until(lambda: Worker.objects.filter(stopped_at__isnull=True).exists(), timeout=10)
+    first = Worker.objects.get(stopped_at__isnull=True).seen_at
+    wait_until(lambda: Worker.objects.get(stopped_at__isnull=True).seen_at > first, timeout=10)  # and again
     response = client.get("/healthz")
     assert response.status_code == 200, response.json()
     assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "worker": "ok", "beat": "ok"}}
 
 
-def test_heartbeat_sent_keeps_writing_while_the_worker_lives(heartbeating_worker):
-    """Celery's own heartbeat (every 2 s), not only worker_ready: the key is written again."""
-    store = redis.Redis.from_url(django_settings.DRIP_RATE_LIMIT_REDIS_URL)
-    key = health.HEARTBEAT_PREFIX + "healthz-test@localhost"
-    wait_until(lambda: store.exists(key), timeout=10)
-    first = store.get(key)
-    wait_until(lambda: store.get(key) != first, timeout=health.HEARTBEAT_MIN_GAP + 6)
-
-
-def test_a_worker_without_heartbeats_shows_up_through_its_tasks(no_heartbeats, worker, celery_app, client):
-    """conftest's worker runs without Celery's heartbeat (start_worker's default), and a test
-    worker sends no worker_ready either: the first task it runs (task_postrun) records it."""
+def test_a_stale_or_stopped_worker_is_no_heartbeat(db, client):
     beat_ran(seconds_ago=1)
-    assert client.get("/healthz").json()["checks"]["worker"] != "ok"
-    celery_app.send_task("drip.tasks.dispatch_due_steps")
-    wait_until(lambda: client.get("/healthz").json()["checks"]["worker"] == "ok", timeout=10)
+    alive("stale@host", seen_ago=90)
+    Worker.objects.filter(pk=alive("stopped@host").pk).stop()
+    assert "no worker heartbeat" in client.get("/healthz").json()["checks"]["worker"]
+    alive("fresh@host", seen_ago=5)
+    assert client.get("/healthz").json()["checks"]["worker"] == "ok"
 
 
-def test_no_worker_is_a_503_naming_the_worker(db, client, no_heartbeats):
+def test_no_worker_is_a_503_naming_the_worker(db, client):
     beat_ran(seconds_ago=1)
     response = client.get("/healthz")
     assert response.status_code == 503
@@ -116,9 +81,9 @@ def test_no_worker_is_a_503_naming_the_worker(db, client, no_heartbeats):
     assert response.json()["status"] == "fail"
 
 
-def test_a_broker_down_is_a_503_naming_the_broker_within_seconds(db, client, settings, no_heartbeats):
+def test_a_broker_down_is_a_503_naming_the_broker_within_seconds(db, client, settings):
     beat_ran(seconds_ago=1)
-    health.record_heartbeat("someone@host", force=True)
+    alive()
     settings.CELERY_BROKER_URL = "redis://:hunter2@127.0.0.1:1/0"  # nothing listens on port 1
     started = time.monotonic()
     response = client.get("/healthz")
@@ -129,7 +94,7 @@ def test_a_broker_down_is_a_503_naming_the_broker_within_seconds(db, client, set
     assert "hunter2" not in response.content.decode()
 
 
-def test_redis_down_is_a_503_naming_broker_and_worker_within_seconds(db, client, settings, no_heartbeats):
+def test_redis_down_is_a_503_naming_the_broker_within_seconds(db, client, settings):
     beat_ran(seconds_ago=1)
     settings.CELERY_BROKER_URL = settings.DRIP_RATE_LIMIT_REDIS_URL = "redis://127.0.0.1:1/0"
     started = time.monotonic()
@@ -138,7 +103,7 @@ def test_redis_down_is_a_503_naming_broker_and_worker_within_seconds(db, client,
     checks = response.json()["checks"]
     assert response.status_code == 503 and checks["database"] == "ok" and checks["beat"] == "ok"
     assert checks["broker"].startswith("broker unreachable")
-    assert checks["worker"].startswith("cannot read worker heartbeats from Redis")
+    assert checks["worker"].startswith("no worker heartbeat")  # read from the database, which answers
 
 
 def test_an_amqp_broker_url_is_checked_too(db, settings):
@@ -148,8 +113,8 @@ def test_an_amqp_broker_url_is_checked_too(db, settings):
     assert time.monotonic() - started < 3.5
 
 
-def test_a_stale_beat_is_a_503_naming_beat(db, client, no_heartbeats):
-    health.record_heartbeat("someone@host", force=True)
+def test_a_stale_beat_is_a_503_naming_beat(db, client):
+    alive()
     beat_ran(seconds_ago=90)
     response = client.get("/healthz")
     assert response.status_code == 503
@@ -158,8 +123,8 @@ def test_a_stale_beat_is_a_503_naming_beat(db, client, no_heartbeats):
     assert checks["beat"].startswith("beat's last dispatch was 9") and "is beat running?" in checks["beat"]
 
 
-def test_beat_that_never_ran_or_is_disabled_is_a_503(db, client, no_heartbeats):
-    health.record_heartbeat("someone@host", force=True)
+def test_beat_that_never_ran_or_is_disabled_is_a_503(db, client):
+    alive()
     assert "beat has never run" in client.get("/healthz").json()["checks"]["beat"]
     task = beat_ran(seconds_ago=1)
     PeriodicTask.objects.filter(pk=task.pk).update(enabled=False)
@@ -167,10 +132,10 @@ def test_beat_that_never_ran_or_is_disabled_is_a_503(db, client, no_heartbeats):
     assert response.status_code == 503 and "disabled" in response.json()["checks"]["beat"]
 
 
-def test_healthz_needs_no_token(db, client, settings, no_heartbeats):
+def test_healthz_needs_no_token(db, client, settings):
     settings.DRIP_API_TOKEN = "secret"
     settings.DRIP_METRICS_TOKEN = "other"
-    health.record_heartbeat("someone@host", force=True)
+    alive()
     beat_ran(seconds_ago=1)
     assert client.get("/healthz").status_code == 200
 
