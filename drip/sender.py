@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
 from .channels import Transport, TransportError, transport_for
@@ -435,14 +435,3 @@ def _requeue(message: Message, delay: float, error: str | None, count_attempt: b
         # re-enqueues the message once next_attempt_at has passed.
         if _mine(message).update(**fields):
             transaction.on_commit(lambda: enqueue_sends([(message.id, message.channel)], eta=at))
-
-
-def requeue_failed(messages: QuerySet[Message]) -> int:
-    """An operator's decision, e.g. after checking that an "outcome unknown" send did not
-    arrive: failed → queued, with a fresh budget of attempts and lost claims."""
-    pairs = list(messages.filter(status=Message.Status.FAILED).values_list("pk", "channel"))
-    ids = [pk for pk, _ in pairs]
-    with transaction.atomic():
-        Message.objects.filter(pk__in=ids).requeue_failed(timezone.now())
-        transaction.on_commit(lambda: enqueue_sends(pairs))
-    return len(ids)

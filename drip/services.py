@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from .completion import CompletionSummary, check_completable, complete_event, replan_for_attendance, resolve_attendees
@@ -21,10 +22,12 @@ from .funnels import Trigger, started_by
 from .models import Contact, Event, Message, Registration, Step
 from .notices import send_new_time_notices, worth_a_notice
 from .planning import cancel_steps, plan_enrollment, replan_for_new_start
+from .publish import batches, enqueue_sends
+from .scheduler import CLAIM_BATCH, claim_due_steps
 
 __all__ = [
     "CompletionSummary", "Enrolled", "Rescheduled", "cancel_event", "cancel_registration", "check_completable",
-    "complete_event", "enroll", "reschedule", "resolve_attendees", "set_attendance",
+    "complete_event", "enroll", "reschedule", "resolve_attendees", "run_steps_now", "send_failed_again", "set_attendance",
 ]
 log = logging.getLogger("drip.services")
 # A message in one of these reached (or may have reached) its provider: never sent again.
@@ -143,3 +146,34 @@ def set_attendance(registration: Registration, attended: bool | None) -> list[St
         Registration.objects.filter(pk=registration.pk).update(attended=attended)
         registration.attended = attended
         return replan_for_attendance(registration) if changed else []
+
+
+# --- the operator's hands on the timer and the sender (the console, simulate) ----------------
+
+
+def run_steps_now(steps: QuerySet[Step], now: datetime | None = None) -> int:
+    """Make every open (pending or enqueued) step of the queryset due now and enqueue it,
+    after commit (the console's "run now", simulate's fast-forward). Only the timer moves:
+    the step task still checks registration, event, expiry and consent. Returns how many
+    were enqueued; steps already running or finished are left as they are."""
+    now = now or timezone.now()
+    ids = list(steps.order_by().filter(status__in=Step.OPEN).values_list("id", flat=True))
+    enqueued = 0
+    with transaction.atomic():
+        for batch in batches(ids, CLAIM_BATCH):
+            Step.objects.filter(id__in=batch).due_now(now)
+            enqueued += len(claim_due_steps(now, ids=batch))
+    if ids:
+        log.info("run now: %d of %d selected steps enqueued, due %s", enqueued, len(ids), now.isoformat())
+    return enqueued
+
+
+def send_failed_again(messages: QuerySet[Message]) -> int:
+    """An operator's decision, e.g. after checking that an "outcome unknown" send did not
+    arrive: failed → queued, with a fresh budget of attempts and lost claims."""
+    pairs = list(messages.filter(status=Message.Status.FAILED).values_list("pk", "channel"))
+    ids = [pk for pk, _ in pairs]
+    with transaction.atomic():
+        Message.objects.filter(pk__in=ids).requeue_failed(timezone.now())
+        transaction.on_commit(lambda: enqueue_sends(pairs))
+    return len(ids)

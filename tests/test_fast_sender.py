@@ -22,10 +22,10 @@ from drip import services
 from drip.channels import TransportError
 from drip.consent import has_consent
 from drip.direct import send_direct
-from drip.fastforward import run_steps_now
 from drip.models import Channel, ConsentRecord, Contact, Message, Registration, Step
 from drip.rendering import Rendered
 from drip.sender import send_batch
+from drip.services import run_steps_now
 from drip.sms import GSM7, UCS2, sms_segments
 from drip.steps import run_step_batch
 from tests.factories import enroll, make_contact, make_event, register_quietly

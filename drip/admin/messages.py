@@ -12,13 +12,13 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.safestring import SafeString
 
+from .. import services
 from ..console import preview
 from ..console.audit import record, record_addition
 from ..console.display import short, when_short
 from ..errors import FieldError
 from ..inbound.admin import DeliveryReportInline
 from ..models import Message, Registration
-from ..sender import requeue_failed
 from .base import NoDelete, SendPermission, may_send, require
 from .steps import ErrorFilter
 
@@ -78,7 +78,7 @@ class MessageAdmin(SendPermission, NoDelete, admin.ModelAdmin):
     @admin.action(description="Send failed messages again", permissions=["send"])
     def send_again(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
         failed = list(queryset.filter(status=Message.Status.FAILED))
-        count = requeue_failed(queryset)
+        count = services.send_failed_again(queryset)
         record(request, failed, f"Sent again via action 'send_again': {count} failed message(s) re-queued")
         self.message_user(request, f"Re-queued {count} failed message(s); others were left as they were.")
 

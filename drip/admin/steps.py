@@ -6,9 +6,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
+from .. import services
 from ..console.audit import record
 from ..console.display import short, step_outcome, when_short
-from ..fastforward import run_steps_now
 from ..models import Step
 from .base import NoDelete, SendPermission
 
@@ -70,7 +70,7 @@ class StepAdmin(SendPermission, NoDelete, admin.ModelAdmin):
     @admin.action(description="Run selected pending steps now", permissions=["send"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[Step]) -> None:
         open_steps = list(queryset.filter(status__in=Step.OPEN))
-        count = run_steps_now(queryset)
+        count = services.run_steps_now(queryset)
         record(request, open_steps, f"Ran now via action 'run_now': {count} of {len(open_steps)} open step(s) enqueued")
         self.message_user(request, f"{count} step(s) enqueued to run now; they still re-check consent, event and expiry.")
 

@@ -1,6 +1,6 @@
 """`python manage.py simulate pre|post|all [--cleanup]`: the whole flow in about a minute,
 against the running services (`make run`): the real event API, the real funnels, the real
-worker. Time is fast-forwarded by making each next step due now (drip.fastforward) rather
+worker. Time is fast-forwarded by making each next step due now (drip.services.run_steps_now) rather
 than by waiting, and every message is printed as the worker finishes it.
 
 Demo rows are marked: every external id starts with "sim-". `--cleanup` removes them all.
@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from drip.fastforward import run_steps_now
+from drip import services
 from drip.funnels import Anchor, Funnel, FunnelStep, Trigger, started_by
 from drip.intake.apply import handle_payload
 from drip.models import ConsentRecord, Contact, DeliveryReport, Event, Message, Registration, Step
@@ -236,7 +236,7 @@ class Simulation:
             wait = group[0].due_at - timezone.now()
             if wait > timedelta(seconds=1):
                 self.out.write(f"» {' + '.join(keys)} ({label}, due in {human(wait)}): fast-forward, run now")
-                run_steps_now(Step.objects.filter(id__in=[s.pk for s in group]))
+                services.run_steps_now(Step.objects.filter(id__in=[s.pk for s in group]))
             else:
                 self.out.write(f"» {' + '.join(keys)} ({label}): due now")
             self.wait_until_done(Step.objects.filter(id__in=[s.pk for s in group]), " + ".join(keys))
