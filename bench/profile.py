@@ -34,7 +34,7 @@ STAGES = {
     "send: checks (consent, expiry, event)": ("drip/policy.py", "message_block"),
     "send: render": ("drip/sender.py", "_render"),
     "send: the guarded write before the call": ("drip/sender.py", "_record_calls"),
-    "send: the provider call (client + HTTP + stub answer)": ("drip/channels.py", "send_many"),
+    "send: the provider call (client + HTTP + stub answer)": ("drip/channels/", "send_many"),
     "send: the outcome write": ("drip/sender.py", "_record_sent"),
     "send: logging": ("logging/__init__.py", "_log"),
 }
@@ -44,7 +44,7 @@ def _cumulative(stats: pstats.Stats, where: tuple[str, str]) -> float:
     path, name = where
     total = 0.0
     for (filename, _, function), (_, _, _, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if function == name and filename.endswith(path):
+        if function == name and path in filename:  # a file, or a package by its folder
             total += cumulative
     return total
 

@@ -7,7 +7,7 @@ key/value walk) and `Session.send` (environment settings, cookie jars, redirect 
 a third of an SMS's CPU in the worker, for a request that is the same shape every time (a form
 POST with basic auth, no cookies, no redirects). Here the request is prepared directly and
 handed to the session's own adapter, so the connection pool, TLS, proxies read once
-(channels._read_environment_once), the timeout and every exception stay requests' own: the
+(channels.base.read_environment_once), the timeout and every exception stay requests' own: the
 errors `channels.classify` reads are unchanged. Anything else (a JSON body, redirects) goes
 through twilio's client as before.
 """

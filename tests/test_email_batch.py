@@ -118,7 +118,7 @@ def test_a_batch_item_is_exactly_what_email_receives(db, providers):
 ])
 def test_every_batch_item_is_what_anymail_builds_for_it(db, providers, settings, defaults):
     """The batch builds one payload with anymail and puts the others' own fields into copies
-    of it (drip.channels._postmark_like): each must equal anymail's own, key by key, with the
+    of it (drip.channels.postmark.like): each must equal anymail's own, key by key, with the
     operator's send defaults too. An address anymail would IDNA-encode is built by anymail."""
     settings.ANYMAIL = {**settings.ANYMAIL, **defaults}
     items = prepared(4)

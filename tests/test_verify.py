@@ -15,7 +15,9 @@ import requests
 from django.utils import timezone
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from drip.channels import Lookup, classify, match_twilio_messages, parse_postmark_search, transport_for
+from drip.channels import Lookup, classify, transport_for
+from drip.channels.postmark import parse_postmark_search
+from drip.channels.twilio_sms import match_twilio_messages
 from drip.direct import send_direct
 from drip.models import Channel, Message
 from drip.rendering import render_message

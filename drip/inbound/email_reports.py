@@ -21,7 +21,7 @@ from .reports import DETAIL_LIMIT, Report, record_report
 log = logging.getLogger("drip.inbound")
 Kind = DeliveryReport.Kind
 
-# The key of the Message id in the anymail metadata of every email (drip/channels.py).
+# The key of the Message id in the anymail metadata of every email (drip/channels/email.py).
 METADATA_KEY = "drip_message_id"
 
 KINDS = {
