@@ -15,12 +15,12 @@ app = Celery("drip")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["drip"])
 # Every worker heartbeats in the database and records which steps and messages it holds, so
-# the work of one that dies runs again within seconds (drip/workers.py, drip/failover.py).
+# the work of one that dies runs again within seconds (drip/timer/workers.py, drip/timer/failover.py).
 # Named, not imported: the worker loads it once Django is set up.
-app.steps["worker"].add("drip.workers:WorkerPresence")
+app.steps["worker"].add("drip.timer.workers:WorkerPresence")
 
 # One queue for the timer work and one per channel, so a backlog or an outage of one
-# provider never delays the other channel nor the steps (drip.publish picks the channel's
+# provider never delays the other channel nor the steps (drip.timer.publish picks the channel's
 # queue for every send batch).
 # `control` carries beat's periodic ticks (dispatch, reconcile, failover) apart from the
 # work, so no backlog delays the recovery that a flushed broker or a killed worker needs.
@@ -63,7 +63,7 @@ def _configure_queues(conf: object) -> None:
 
 
 # Send and verify batches are published with an explicit queue= (their channel's,
-# drip.publish): a route cannot look at a task's arguments.
+# drip.timer.publish): a route cannot look at a task's arguments.
 app.conf.task_routes = {
     "drip.tasks.dispatch_due_steps": {"queue": CONTROL},
     "drip.tasks.reconcile": {"queue": CONTROL},

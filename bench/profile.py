@@ -28,14 +28,14 @@ HERE = Path(__file__).resolve().parent
 # time includes what it calls, so nested stages (the provider call inside _deliver) are
 # listed apart and subtracted where said.
 STAGES = {
-    "step task: claim, load, checks, insert messages": ("drip/steps.py", "run_step_batch"),
+    "step task: claim, load, checks, insert messages": ("drip/engine/steps.py", "run_step_batch"),
     "send: claim the batch": ("drip/models.py", "claim"),
-    "send: load the batch (one query, five tables)": ("drip/sender.py", "_load_batch"),
-    "send: checks (consent, expiry, event)": ("drip/policy.py", "message_block"),
-    "send: render": ("drip/sender.py", "_render"),
-    "send: the guarded write before the call": ("drip/sender.py", "_record_calls"),
-    "send: the provider call (client + HTTP + stub answer)": ("drip/channels/", "send_many"),
-    "send: the outcome write": ("drip/sender.py", "_record_sent"),
+    "send: load the batch (one query, five tables)": ("drip/delivery/sender.py", "_load_batch"),
+    "send: checks (consent, expiry, event)": ("drip/domain/policy.py", "message_block"),
+    "send: render": ("drip/delivery/sender.py", "_render"),
+    "send: the guarded write before the call": ("drip/delivery/sender.py", "_record_calls"),
+    "send: the provider call (client + HTTP + stub answer)": ("drip/delivery/channels/", "send_many"),
+    "send: the outcome write": ("drip/delivery/sender.py", "_record_sent"),
     "send: logging": ("logging/__init__.py", "_log"),
 }
 
@@ -72,9 +72,9 @@ def main() -> int:
     from django.utils import timezone
 
     from bench import world
+    from drip.delivery.sender import send_batch
+    from drip.engine.steps import run_step_batch
     from drip.models import Message, Step
-    from drip.sender import send_batch
-    from drip.steps import run_step_batch
 
     call_command("migrate", verbosity=0)
     world.wipe()

@@ -122,7 +122,7 @@ def reset_broker() -> None:
     import redis
     from django.conf import settings
 
-    from drip.scheduler import broker_was_reset
+    from drip.timer.scheduler import broker_was_reset
 
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
     broker_was_reset()
@@ -169,9 +169,9 @@ def measure_queries(stub: BenchStub) -> dict:
     from django.utils import timezone
 
     from bench import world
+    from drip.delivery.sender import send_batch as send_messages
+    from drip.engine.steps import run_step_batch as run_steps
     from drip.models import Message, Step
-    from drip.sender import send_batch as send_messages
-    from drip.steps import run_step_batch as run_steps
 
     world.wipe()
     now = timezone.now()
@@ -240,8 +240,8 @@ def measure_fan_out(n: int, worker_ticker=None) -> dict:
     from django.utils import timezone
 
     from bench import world
+    from drip.engine.services import complete_event
     from drip.models import Step
-    from drip.services import complete_event
 
     world.wipe()
     event = world.make_event(f"fanout{n}", starts_in=timedelta(hours=-2))

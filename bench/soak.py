@@ -347,7 +347,7 @@ class Chaos(threading.Thread):
 def purge_rabbitmq() -> list[str]:
     """Every queue of the soak's vhost but the reconciler's mark: the tasks are gone, the
     broker is not (a purge the reconciler cannot detect; its grace brings the work back)."""
-    from drip.publish import BROKER_MARK
+    from drip.timer.publish import BROKER_MARK
 
     vhost = os.environ["SOAK_AMQP_VHOST"]
     names = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "--no-table-headers"],

@@ -14,7 +14,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .validation import (
+from drip.domain.validation import (
     normalize_phone,
     validate_email_address,
     validate_http_url,
@@ -43,7 +43,7 @@ class Purpose(models.TextChoices):
 
 
 class Contact(models.Model):
-    # The same input rules as the event API (drip/validation.py), so the console's forms too.
+    # The same input rules as the event API (drip/domain/validation.py), so the console's forms too.
     external_id = models.CharField(max_length=200, unique=True, default=new_external_id, validators=[validate_no_control_characters])
     email = models.EmailField(blank=True, validators=[validate_email_address])
     phone = models.CharField(max_length=20, blank=True, validators=[validate_phone], help_text="E.164, e.g. +14155550123")
@@ -52,7 +52,7 @@ class Contact(models.Model):
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone], help_text="IANA name, e.g. America/New_York")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    # Set by an erasure (drip.erasure): the personal fields are blank, the history stays.
+    # Set by an erasure (drip.engine.erasure): the personal fields are blank, the history stays.
     erased_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
@@ -83,7 +83,7 @@ class ConsentRecord(models.Model):
         PROVIDER = "provider", "Provider report (bounce, complaint, opted out)"
 
     # PROTECT here and on every audit row below: deleting a person is an erasure
-    # (drip.erasure), which blanks their fields and keeps the history.
+    # (drip.engine.erasure), which blanks their fields and keeps the history.
     contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="consents")
     channel = models.CharField(max_length=10, choices=Channel.choices)
     granted = models.BooleanField()
@@ -113,7 +113,7 @@ class Suppression(models.Model):
     or later: a recipient's opt-out (STOP, unsubscribe), a provider's report (hard bounce,
     complaint, landline, 21610) or an operator's record (an erasure). Kept by a keyed hash of
     the normalized address, so an erased person's row keeps refusing the address it no longer
-    shows. Lifting sets `lifted_at` with who and why; drip.consent.may_lift says who may."""
+    shows. Lifting sets `lifted_at` with who and why; drip.domain.consent.may_lift says who may."""
 
     class Source(models.TextChoices):
         RECIPIENT = "recipient", "The recipient (STOP, unsubscribe)"
@@ -268,7 +268,7 @@ class Worker(models.Model):
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField()
     stopped_at = models.DateTimeField(null=True, blank=True)
-    # Declared dead and its work handed to the others (drip/failover.py).
+    # Declared dead and its work handed to the others (drip/timer/failover.py).
     failed_over_at = models.DateTimeField(null=True, blank=True)
 
     objects = WorkerQuerySet.as_manager()
@@ -281,7 +281,7 @@ class Worker(models.Model):
 
 
 def held_by_field() -> models.ForeignKey:
-    """The worker whose consumer last received a task for the row (drip/workers.py). No
+    """The worker whose consumer last received a task for the row (drip/timer/workers.py). No
     database constraint and no index: it is written on every received task, read only by
     failover, among the few open rows; a pruned Worker leaves a stale id that nothing reads."""
     return models.ForeignKey(
@@ -293,7 +293,7 @@ def held_by_field() -> models.ForeignKey:
 def _hold(rows: models.QuerySet[Any], worker_id: int) -> int:
     """Mark these rows held by the worker, but for those another transaction holds locked
     (returns how many were marked). A worker's holds
-    (drip/workers.py) are written the moment its consumer receives a task, and a task that
+    (drip/timer/workers.py) are written the moment its consumer receives a task, and a task that
     arrives at its due time is already running in a pool process: its transaction locks the
     same rows in its own order while the hold's UPDATE locks them in another, and PostgreSQL
     broke the deadlock by failing the step task (its steps then waited for the reconciler's
@@ -514,7 +514,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
 
     # --- verifying: `sending` with a provider call recorded and `verify_at` set ----------
     # The outcome of the call is unknown (a read timeout, a worker lost in the call): the
-    # provider is asked whether it accepted the message (drip/verify.py). Not a status of its
+    # provider is asked whether it accepted the message (drip/delivery/verify.py). Not a status of its
     # own: the statuses are a public contract, and the message *is* still being sent.
 
     def verify_later(self, at: datetime, error: str, now: datetime) -> int:
@@ -635,7 +635,7 @@ class Message(models.Model):
     body = models.TextField(blank=True)
     html = models.TextField(blank=True)
     # Set when the step task rendered subject/body/html ahead of the due time: the fingerprint
-    # of what they were rendered from (drip.rendering). The sender uses them as they are only
+    # of what they were rendered from (drip.delivery.rendering). The sender uses them as they are only
     # while that still matches; an SMS's opt-out notice is decided at the send.
     rendered_from = models.CharField(max_length=32, blank=True)
     # SMS only: what the carrier bills (GSM-7 or UCS-2, and how many segments).
@@ -670,7 +670,7 @@ class Message(models.Model):
     verify_attempts = models.PositiveSmallIntegerField(default=0)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
-    # The first open / click an ESP reported (drip/inbound/reports.py); later ones are rows
+    # The first open / click an ESP reported (drip/doors/inbound/reports.py); later ones are rows
     # in DeliveryReport only.
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)

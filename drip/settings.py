@@ -12,7 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from drip.pacing import parse_frequency_cap, parse_quiet_hours
+from drip.domain.pacing import parse_frequency_cap, parse_quiet_hours
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "drip.middleware.SafeCommonMiddleware",
+    "drip.doors.middleware.SafeCommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -125,7 +125,7 @@ ROOT_URLCONF = "drip.urls"
 WSGI_APPLICATION = "drip.wsgi.application"
 
 # Django templates serve the admin; message templates are Jinja2 and have their own
-# sandboxed environment (drip/rendering.py), so they are not listed here.
+# sandboxed environment (drip/delivery/rendering.py), so they are not listed here.
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -232,7 +232,7 @@ DRIP_RECONCILE_GRACE = env_float("DRIP_RECONCILE_GRACE", 120.0, minimum=0.1)
 # Seconds a provider call (and a lookup) may take before the client gives up on it.
 DRIP_PROVIDER_TIMEOUT = env_float("DRIP_PROVIDER_TIMEOUT", 30.0, minimum=0.1)
 # A message whose provider call began this long ago without an outcome (its worker died in
-# the call) is looked up at the provider (drip/verify.py). Longer than the provider
+# the call) is looked up at the provider (drip/delivery/verify.py). Longer than the provider
 # timeout: a live worker has given up on its call well before.
 DRIP_SENDING_TIMEOUT = env_float("DRIP_SENDING_TIMEOUT", 120.0, minimum=1)
 if DRIP_SENDING_TIMEOUT <= DRIP_PROVIDER_TIMEOUT:
@@ -245,7 +245,7 @@ if DRIP_SENDING_TIMEOUT <= DRIP_PROVIDER_TIMEOUT:
 DRIP_VERIFY_DELAY = env_float("DRIP_VERIFY_DELAY", 5.0, minimum=0)
 DRIP_VERIFY_NOT_FOUND_AFTER = env_float("DRIP_VERIFY_NOT_FOUND_AFTER", 45.0, minimum=0)
 DRIP_VERIFY_MAX_ATTEMPTS = int(env_float("DRIP_VERIFY_MAX_ATTEMPTS", 8, minimum=1))
-# Fast failover (drip/workers.py, drip/failover.py): every worker process writes a heartbeat
+# Fast failover (drip/timer/workers.py, drip/timer/failover.py): every worker process writes a heartbeat
 # to the database every DRIP_WORKER_HEARTBEAT seconds and records which steps and messages it
 # holds; beat runs the failover every DRIP_FAILOVER_INTERVAL (whole) seconds, and a worker
 # silent for DRIP_WORKER_DEAD_AFTER seconds has its held work re-armed for the others at once,
@@ -306,7 +306,7 @@ DRIP_SMS_QUIET_HOURS = parse_quiet_hours(os.environ.get("DRIP_SMS_QUIET_HOURS") 
 DRIP_FREQUENCY_CAP = parse_frequency_cap(os.environ.get("DRIP_FREQUENCY_CAP") or "off")
 DRIP_API_TOKEN = os.environ.get("DRIP_API_TOKEN") or ""
 # Bearer token of GET /metrics; unset, /metrics answers only loopback clients, and only
-# under DEBUG: behind a proxy every client is loopback (drip/health.py).
+# under DEBUG: behind a proxy every client is loopback (drip/ops/health.py).
 DRIP_METRICS_TOKEN = os.environ.get("DRIP_METRICS_TOKEN") or ""
 # /healthz answers from checks at most this old (seconds): a flood of it cannot load the
 # database and the broker.
@@ -328,7 +328,7 @@ ANYMAIL = {
     name[len("ANYMAIL_"):]: value for name, value in os.environ.items() if name.startswith("ANYMAIL_") and value
 }
 # The sender's postal address, in every email's footer (CAN-SPAM); a system check warns
-# when DEBUG is off and it is unset (drip/inbound/checks.py).
+# when DEBUG is off and it is unset (drip/doors/inbound/checks.py).
 DRIP_SENDER_ADDRESS = (os.environ.get("DRIP_SENDER_ADDRESS") or "").strip() or (
     "Drip development, 1 Example Street, Springfield" if DEBUG else ""
 )
@@ -340,7 +340,7 @@ TWILIO_AUTH_TOKEN = os.environ.get("TWILIO_AUTH_TOKEN") or ""
 TWILIO_FROM_NUMBER = os.environ.get("TWILIO_FROM_NUMBER") or ""
 TWILIO_MESSAGING_SERVICE_SID = os.environ.get("TWILIO_MESSAGING_SERVICE_SID") or ""
 TWILIO_API_BASE_URL = (os.environ.get("TWILIO_API_BASE_URL") or "https://api.twilio.com").rstrip("/")
-# The reply to an inbound HELP / INFO (drip/inbound/twilio_webhooks.py).
+# The reply to an inbound HELP / INFO (drip/doors/inbound/twilio_webhooks.py).
 DRIP_SMS_HELP_TEXT = os.environ.get("DRIP_SMS_HELP_TEXT") or (
     f"Event reminders from {DEFAULT_FROM_EMAIL.split('@')[-1]}. Help: {DEFAULT_FROM_EMAIL}. "
     "Msg&data rates may apply. Reply STOP to opt out."
@@ -364,8 +364,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # An unsubscribe link's token never reaches a log (drip/logs.py, drip/access_log.py).
-    "filters": {"redact_tokens": {"()": "drip.logs.RedactTokens"}},
+    # An unsubscribe link's token never reaches a log (drip/support/logs.py, drip/doors/access_log.py).
+    "filters": {"redact_tokens": {"()": "drip.support.logs.RedactTokens"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]}},
     "loggers": {
         # "Bad Request: /u/<token>/": Django names the path of every 4xx and 5xx.

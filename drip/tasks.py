@@ -1,5 +1,5 @@
 """Celery task definitions: thin, carrying ids only. Each task's work lives in its stage's
-module (steps, sender, scheduler); publishing is drip.publish, which names these tasks, so
+module (steps, sender, scheduler); publishing is drip.timer.publish, which names these tasks, so
 nothing imports this module but Celery. Every task claims its rows before acting, so each
 is safe to run twice (acks_late + reject_on_worker_lost are set globally in settings)."""
 from __future__ import annotations
@@ -10,8 +10,10 @@ from celery import shared_task
 from celery.signals import task_prerun
 from django.db import connections
 
-from . import failover, publish, scheduler, sender, steps, verify
-from .console import jobs
+from drip.delivery import sender, verify
+from drip.doors.console import jobs
+from drip.engine import steps
+from drip.timer import failover, publish, scheduler
 
 
 @task_prerun.connect

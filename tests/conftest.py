@@ -184,5 +184,5 @@ def recording(monkeypatch: pytest.MonkeyPatch, settings) -> RecordingTransport:
     settings.DRIP_RETRY_MAX_DELAY = 600.0
     settings.DRIP_SEND_MAX_ATTEMPTS = 5
     transport = RecordingTransport()
-    monkeypatch.setattr("drip.sender.transport_for", lambda channel: transport)
+    monkeypatch.setattr("drip.delivery.sender.transport_for", lambda channel: transport)
     return transport

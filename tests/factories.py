@@ -7,9 +7,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from drip import scheduler, services
-from drip.consent import record_consent
+from drip.domain.consent import record_consent
+from drip.engine import services
 from drip.models import Channel, ConsentRecord, Contact, Event, Registration, Step
+from drip.timer import scheduler
 
 _seq = count(1)
 

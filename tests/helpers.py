@@ -18,7 +18,7 @@ import redis
 from django.conf import settings as django_settings
 from django.db import connection
 
-from drip.consent import active_suppression, latest_record
+from drip.domain.consent import active_suppression, latest_record
 from drip.models import Contact, Message, Registration, Step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def wait_for_worker(timeout: float = 30) -> None:
 def purge_broker() -> None:
     """Every task RabbitMQ holds is dropped, and Drip's reset mark with them: a lost broker."""
     from celery_app import ALL_QUEUES, app
-    from drip.publish import BROKER_MARK, DELAY_QUEUES
+    from drip.timer.publish import BROKER_MARK, DELAY_QUEUES
 
     with app.connection_for_write() as conn:
         for name in (*ALL_QUEUES, BROKER_MARK, *DELAY_QUEUES):

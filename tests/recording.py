@@ -6,9 +6,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from drip.channels import Outcome, Transport, classify
+from drip.delivery.channels import Outcome, Transport, classify
+from drip.delivery.rendering import Rendered
 from drip.models import Message
-from drip.rendering import Rendered
 
 
 @dataclass(frozen=True)

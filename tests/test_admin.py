@@ -5,7 +5,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from drip.consent import has_consent, record_consent
+from drip.domain.consent import has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Registration, Step
 from tests.factories import enroll, make_contact, make_event
 
@@ -162,7 +162,7 @@ def test_completing_in_the_future_is_refused_and_status_is_not_editable(operator
     assert event.status == Event.Status.SCHEDULED
     change = operator.get(f"/admin/drip/event/{event.pk}/change/").content.decode()
     assert '<select name="status"' not in change
-    from drip.rendering import format_when
+    from drip.delivery.rendering import format_when
 
     assert format_when(event.starts_at, "America/New_York") in change  # shown in the event's zone
 

@@ -17,7 +17,7 @@ from hypothesis import event as hypothesis_event
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from drip.consent import has_consent, record_consent
+from drip.domain.consent import has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import flush_broker

@@ -14,7 +14,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db.models import Model
 from django.utils import timezone
 
-from drip.consent import active_suppression, has_consent, record_consent
+from drip.domain.consent import active_suppression, has_consent, record_consent
 from drip.models import (
     Channel,
     ConsentRecord,

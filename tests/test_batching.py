@@ -11,14 +11,15 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from drip import scheduler, services
-from drip.consent import ConsentView, record_consent
+from drip.delivery.sender import send_batch as send_messages
+from drip.domain.consent import ConsentView, record_consent
+from drip.engine import services
+from drip.engine.steps import run_step_batch as run_steps
 from drip.models import MAX_LOST_CLAIMS, Channel, ConsentRecord, Message, Step
-from drip.publish import enqueue_steps
-from drip.sender import send_batch as send_messages
-from drip.steps import run_step_batch as run_steps
 from drip.tasks import run_steps as run_steps_task
 from drip.tasks import send_messages as send_messages_task
+from drip.timer import scheduler
+from drip.timer.publish import enqueue_steps
 from tests.factories import make_contact, make_event, register_quietly, steps_due_together
 from tests.helpers import assert_each_sent_once, flush_broker, wait_until
 
@@ -84,7 +85,7 @@ def test_a_step_whose_check_crashes_fails_alone(db, monkeypatch):
     steps = steps_due_together(3, timezone.now() + timedelta(hours=1), key="welcome")
     Step.objects.update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
     bad = steps[1].pk
-    from drip import steps as step_module
+    from drip.engine import steps as step_module
 
     real = step_module.step_block
 
@@ -122,7 +123,7 @@ def test_an_unexpected_error_mid_batch_hands_back_the_rest(db, providers, monkey
     Step.objects.update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
     run_steps(list(Step.objects.values_list("id", flat=True)))
     first, bad, last = Message.objects.order_by("id")
-    from drip import sender
+    from drip.delivery import sender
 
     real = sender.message_block
 
@@ -186,7 +187,7 @@ def test_a_batch_sees_a_revocation_once_its_consent_view_is_older_than_max_age(d
 
 def test_batches_cost_a_constant_number_of_queries(db, providers, django_assert_max_num_queries, settings, monkeypatch):
     settings.DRIP_SEND_BATCH_SECONDS = 600  # a slow CI must not split the batch or re-read consent
-    monkeypatch.setattr("drip.sender.CONSENT_MAX_AGE", 600)
+    monkeypatch.setattr("drip.delivery.sender.CONSENT_MAX_AGE", 600)
     for n in (10, 20):  # one email each (SQLite splits inserts past 999 parameters: stay under)
         steps = steps_due_together(n, timezone.now() + timedelta(hours=1), key="welcome")
         Step.objects.filter(pk__in=[s.pk for s in steps]).update(due_at=timezone.now(), status=Step.Status.ENQUEUED)
@@ -242,8 +243,8 @@ def test_what_changes_during_a_send_batch_withdraws_its_untried_messages(worker,
 
 
 def test_a_rate_slot_lost_with_its_task_is_not_reused(db, settings):
-    from drip.ratelimit import reserve_send_slot
-    from drip.sender import _rate_limit_wait
+    from drip.delivery.ratelimit import reserve_send_slot
+    from drip.delivery.sender import _rate_limit_wait
 
     settings.DRIP_RATE_LIMITS = {"email": 1.0, "sms": 0.0}
     settings.DRIP_RATE_LIMIT_PREFIX = f"drip:test:{time.time()}"

@@ -15,8 +15,8 @@ import pytest
 from celery.signals import task_prerun
 from django.db import connection, connections
 
-from drip import scheduler
 from drip.models import Step
+from drip.timer import scheduler
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import ROOT, assert_each_sent_once, flush_broker, process_env, settled, wait_until
 

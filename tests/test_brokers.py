@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from celery_app import ALL_QUEUES, uses_rabbitmq
 from drip.models import Channel, Message, Purpose
-from drip.publish import broker_was_reset, enqueue_sends
+from drip.timer.publish import broker_was_reset, enqueue_sends
 from tests.factories import make_contact, make_event, register_quietly
 from tests.helpers import QUEUES, flush_broker, wait_for_worker, wait_until, worker_process
 

@@ -1,4 +1,4 @@
-"""A list of `event.enrolled` is applied set-based (drip.bulk, the one enrollment path) and
+"""A list of `event.enrolled` is applied set-based (drip.engine.bulk, the one enrollment path) and
 answers as applying the items one after the other would: each item sees what the items before
 it did, errors name the item's field and write nothing; in a number of queries that does not
 grow with the list."""
@@ -13,9 +13,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from drip.consent import record_consent
-from drip.intake.apply import APPLY, handle_payload
-from drip.intake.parse import parse_events
+from drip.domain.consent import record_consent
+from drip.doors.intake.apply import APPLY, handle_payload
+from drip.doors.intake.parse import parse_events
 from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
 from tests.factories import enroll, make_contact, make_event
 

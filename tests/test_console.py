@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from drip.consent import has_consent
+from drip.domain.consent import has_consent
 from drip.models import Channel, Contact, DeliveryReport, Event, Message, Registration, Step
 from tests.factories import enroll, make_contact, make_event, register_quietly
 from tests.helpers import wait_until
@@ -212,7 +212,7 @@ def test_the_index_shows_what_needs_attention(operator):
     assert "Needs attention" in page
     for label in ("failed messages in the last 24 h", "steps overdue", "outcome is unknown", "last beat dispatch"):
         assert label in page
-    from drip.console.attention import needs_attention
+    from drip.doors.console.attention import needs_attention
     counts = [row["count"] for row in needs_attention()["rows"]]
     assert counts == [2, 1, 1]  # both failed; one of them with its outcome unknown
     for row in needs_attention()["rows"]:
@@ -243,7 +243,7 @@ def test_send_a_test_to_me_goes_through_the_real_sender(worker, operator, provid
     assert "Real event" in received.subject  # about the event previewed
     assert event.registrations.count() == 1  # the real event gains no registration
     # The test copy of the event is never offered where an operator picks an event.
-    from drip.console.preview import enrollable_events
+    from drip.doors.console.preview import enrollable_events
 
     assert list(enrollable_events()) == [event]
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from django.contrib.auth import get_user_model
 
-from drip.console import csv_import, jobs
+from drip.doors.console import csv_import, jobs
 from drip.models import ConsoleJob, Contact, Event, Message, Registration, Step
-from drip.publish import enqueue_console_job
+from drip.timer.publish import enqueue_console_job
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import wait_until
 

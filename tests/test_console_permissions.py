@@ -21,7 +21,7 @@ from django.urls import URLPattern, reverse
 from django.utils import timezone
 
 from drip.admin import site
-from drip.consent import record_consent
+from drip.domain.consent import record_consent
 from drip.models import (
     Channel,
     ConsentRecord,

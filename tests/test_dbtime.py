@@ -9,8 +9,8 @@ from django.db import connection
 from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.utils import timezone
 
-from drip.dbtime import UTC_LOADER
 from drip.models import Message
+from drip.support.dbtime import UTC_LOADER
 from tests.factories import make_contact
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's loaders only")

@@ -29,9 +29,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from drip import health
-from drip.inbound.tokens import UNSUBSCRIBE_SALT, make_token
+from drip.domain.tokens import UNSUBSCRIBE_SALT, make_token
 from drip.models import Channel, Worker
+from drip.ops import health
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import wait_until
 
@@ -161,7 +161,7 @@ def test_an_unsubscribe_link_signed_with_the_old_key_works_after_a_rotation(db, 
     signing.Signer(salt=UNSUBSCRIBE_SALT).unsign(token)
     response = client.post(f"/u/{token}/", {"List-Unsubscribe": "One-Click"})
     assert response.status_code == 200
-    from drip.consent import has_consent
+    from drip.domain.consent import has_consent
 
     contact.refresh_from_db()
     assert not has_consent(contact, Channel.EMAIL)
@@ -265,7 +265,7 @@ def test_the_access_log_never_records_an_unsubscribe_token(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
-    # The access log's lines and Django's "Bad Request" lines (drip.inbound's own warning is
+    # The access log's lines and Django's "Bad Request" lines (drip.doors.inbound's own warning is
     # the unsubscribe view's, not the access log's).
     lines = [line for line in log.read_text().splitlines() if "drip.inbound" not in line]
     assert not [line for line in lines if token.split(":")[0] in line or token.split(":")[1] in line], lines

@@ -2,7 +2,7 @@
 localhost in an email address; no control or format character (Unicode Cc, Cf, and the line
 separators) in an id or a text; http(s) URLs only, without user info. Each refused value is
 a 400 (or a form error) naming the field, and nothing is written. The same validators
-(drip/validation.py) serve the API, the CSV import, the console's forms and the webhooks."""
+(drip/domain/validation.py) serve the API, the CSV import, the console's forms and the webhooks."""
 from __future__ import annotations
 
 import json
@@ -17,15 +17,15 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from drip.console import csv_import
-from drip.models import ConsentRecord, Contact, Event, Message, Registration, Step
-from drip.validation import (
+from drip.domain.validation import (
     validate_email_address,
     validate_http_url,
     validate_no_control_characters,
     validate_text_line,
     validate_webhook_address,
 )
+from drip.doors.console import csv_import
+from drip.models import ConsentRecord, Contact, Event, Message, Registration, Step
 from tests.factories import make_event
 
 TOKEN = "d00rs-token"

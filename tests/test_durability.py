@@ -13,10 +13,10 @@ from django.db import connections
 from django.utils import timezone
 
 from celery_app import app
-from drip import scheduler
 from drip.models import STEP_MAX_ATTEMPTS, Message, Step
-from drip.publish import waiting_tasks
 from drip.tasks import run_steps, send_messages
+from drip.timer import scheduler
+from drip.timer.publish import waiting_tasks
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import QUEUES, Ticker, assert_each_sent_once, flush_broker, settled, wait_for_worker, wait_until, worker_process
 
@@ -137,7 +137,7 @@ def test_a_step_left_running_by_a_dead_worker_is_run_again_once(transactional_db
     long_ago = timezone.now() - timedelta(minutes=5)
     Step.objects.filter(id=step.id).update(status=Step.Status.RUNNING, started_at=long_ago)
     assert scheduler.reconcile()["steps_reenqueued"] == 1
-    from drip.steps import run_step_batch
+    from drip.engine.steps import run_step_batch
 
     run_step_batch([step.id])
     run_step_batch([step.id])

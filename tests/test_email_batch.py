@@ -9,12 +9,12 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from drip import scheduler
-from drip.channels import EmailTransport
-from drip.consent import has_consent
-from drip.inbound.email_reports import METADATA_KEY
+from drip.delivery.channels import EmailTransport
+from drip.delivery.channels.base import METADATA_KEY
+from drip.delivery.rendering import Rendered, render_message
+from drip.domain.consent import has_consent
 from drip.models import Channel, ConsentRecord, Message, Step
-from drip.rendering import Rendered, render_message
+from drip.timer import scheduler
 from tests.factories import make_contact, make_event, register_quietly, steps_due_together
 from tests.helpers import assert_each_sent_once, current, wait_until
 
@@ -118,7 +118,7 @@ def test_a_batch_item_is_exactly_what_email_receives(db, providers):
 ])
 def test_every_batch_item_is_what_anymail_builds_for_it(db, providers, settings, defaults):
     """The batch builds one payload with anymail and puts the others' own fields into copies
-    of it (drip.channels.postmark.like): each must equal anymail's own, key by key, with the
+    of it (drip.delivery.channels.postmark.like): each must equal anymail's own, key by key, with the
     operator's send defaults too. An address anymail would IDNA-encode is built by anymail."""
     settings.ANYMAIL = {**settings.ANYMAIL, **defaults}
     items = prepared(4)

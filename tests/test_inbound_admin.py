@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from drip.consent import active_suppression, has_consent, record_consent
+from drip.domain.consent import active_suppression, has_consent, record_consent
 from drip.models import Channel, ConsentRecord, DeliveryReport, InboundSms, Message, Suppression
 from tests.factories import make_contact
 

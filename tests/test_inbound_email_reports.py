@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from drip.consent import has_consent
+from drip.domain.consent import has_consent
 from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, Message, Suppression
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import SCALE, current, settled, wait_until

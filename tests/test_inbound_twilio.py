@@ -11,9 +11,19 @@ from django.test import Client
 from django.utils import timezone
 from twilio.request_validator import RequestValidator
 
-from drip.consent import has_consent, record_consent
-from drip.direct import send_direct
-from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, InboundSms, Message, Registration, Step, Suppression
+from drip.domain.consent import has_consent, record_consent
+from drip.engine.direct import send_direct
+from drip.models import (
+    Channel,
+    ConsentRecord,
+    Contact,
+    DeliveryReport,
+    InboundSms,
+    Message,
+    Registration,
+    Step,
+    Suppression,
+)
 from tests.factories import enroll, make_contact, make_event, register_quietly
 from tests.helpers import current, settled, wait_until
 

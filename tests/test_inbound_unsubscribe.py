@@ -10,10 +10,10 @@ import pytest
 from django.core import checks, signing
 from django.test import Client
 
-from drip.consent import has_consent
-from drip.direct import send_direct
-from drip.inbound.checks import compliance_checks
-from drip.inbound.tokens import BadToken, address_tag, make_token, read_token
+from drip.domain.consent import has_consent
+from drip.domain.tokens import BadToken, address_tag, make_token, read_token
+from drip.doors.inbound.checks import compliance_checks
+from drip.engine.direct import send_direct
 from drip.models import Channel, ConsentRecord, Contact, Message, Suppression
 from tests.factories import make_contact, make_event, register_quietly
 from tests.helpers import current, wait_until

@@ -13,8 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drip.errors import FieldError
-from drip.intake import (
+from drip.doors.intake import (
     EVENTS,
     MAX_EVENTS,
     Completion,
@@ -29,7 +28,8 @@ from drip.intake import (
     parse_events,
     parse_json,
 )
-from drip.intake.errors import json_path
+from drip.doors.intake.errors import json_path
+from drip.support.errors import FieldError
 
 START = "2030-12-01T15:00:00-05:00"
 DONE = "2026-01-01T00:00:00Z"

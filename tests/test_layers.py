@@ -1,5 +1,6 @@
-"""The structure the README draws, held against the code: imports point one way. Every
-import is read (module level and inside functions), so a lazy import cannot hide a cycle."""
+"""The structure the README draws, held against the code: imports point one way, down the
+rank table below, and the README's package map lists the tree as it is. Every import is read
+(module level and inside functions), so a lazy import cannot hide an upward one."""
 from __future__ import annotations
 
 import ast
@@ -7,6 +8,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("drip", "campaigns")
+
+# The layers, bottom first: a module may import its own layer and those below, never above.
+# A prefix names a package (every module in it) or a module.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("drip.support",),  # imports nothing of Drip's
+    ("drip.domain.validation", "drip.domain.addresses", "drip.domain.pacing"),  # values, no models
+    ("drip.models", "drip.migrations"),
+    ("drip.domain", "campaigns.funnels"),  # the rules on the models; the funnel tables
+    ("drip.timer",),  # publishing, dispatch, recovery
+    ("drip.delivery",),  # a Message to its provider
+    ("drip.engine",),  # registrations, steps, services
+    ("drip.doors", "drip.ops"),  # where the outside comes in
+    ("drip.admin", "drip.management", "drip.tasks"),  # the console, the shell, Celery's entry
+    ("drip.urls", "drip.apps", "drip.settings", "drip.wsgi", "drip.formats", "drip", "campaigns"),  # the project
+)
 
 
 def module_name(path: Path) -> str:
@@ -65,20 +81,61 @@ def test_no_module_imports_one_that_imports_it_back():
 
 
 def test_the_engine_knows_no_funnel_of_its_own():
-    """campaigns registers its tables with drip.funnels; drip never imports campaigns."""
+    """campaigns registers its tables with drip.domain.funnels; drip never imports campaigns."""
     offenders = {m: sorted(i for i in deps if i.startswith("campaigns")) for m, deps in graph().items() if m.startswith("drip")}
     assert {m: deps for m, deps in offenders.items() if deps} == {}
 
 
 def test_tasks_are_published_by_name_and_defined_in_one_place():
-    """Only Celery imports drip.tasks; every stage publishes through drip.publish."""
+    """Only Celery imports drip.tasks; every stage publishes through drip.timer.publish."""
     importers = sorted(m for m, deps in graph().items() if "drip.tasks" in deps)
     assert importers == []
 
 
 def test_the_check_itself_sees_a_cycle():
     edges = graph()
-    assert {"drip.steps", "drip.sender", "drip.publish"} <= edges["drip.tasks"]  # relative imports are read
-    assert "drip.funnels" in edges["campaigns.apps"]  # and imports inside functions
+    assert {"drip.engine.steps", "drip.delivery.sender", "drip.timer.publish"} <= edges["drip.tasks"]
+    assert "drip.domain.funnels" in edges["campaigns.apps"]  # imports inside functions are read
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def rank(module: str) -> int:
+    """The layer of the longest prefix that names the module."""
+    best, found = -1, -1
+    for index, layer in enumerate(LAYERS):
+        for prefix in layer:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, found = len(prefix), index
+    assert found >= 0, f"{module} is in no layer of LAYERS"
+    return found
+
+
+def test_every_import_points_down_the_layers():
+    upward = sorted(
+        f"{module} (layer {rank(module)}) imports {dep} (layer {rank(dep)})"
+        for module, deps in graph().items() for dep in deps if rank(dep) > rank(module)
+    )
+    assert upward == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert rank("drip.engine.steps") > rank("drip.delivery.sender") > rank("drip.timer.publish") > rank("drip.models")
+    assert rank("drip.domain.consent") > rank("drip.models") > rank("drip.domain.validation")
+
+
+def package_map() -> set[str]:
+    """The paths the README's package map lists (its first column)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Package map", 1)[1].split("\n## ", 1)[0]
+    return {row.split("`")[1].rstrip("/") for row in section.splitlines() if row.startswith("| `")}
+
+
+def test_the_readme_package_map_is_the_tree():
+    """Every package and module directly under drip/ is on the map, and nothing else is."""
+    tree = {
+        f"drip/{p.name}" for p in (ROOT / "drip").iterdir()
+        if p.name not in ("__init__.py", "__pycache__") and (p.suffix == ".py" or (p / "__init__.py").exists())
+    }
+    listed = {path for path in package_map() if path.startswith("drip/")}
+    assert listed == tree

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import get_user_model
 
-from drip import services
-from drip.inbound.tokens import unsubscribe_url
+from drip.delivery.rendering import format_when
+from drip.domain.tokens import unsubscribe_url
+from drip.engine import services
 from drip.models import Message, Registration, Step
-from drip.rendering import format_when
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import wait_until
 

@@ -9,11 +9,11 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from drip.domain.pacing import FrequencyCap, QuietHours, parse_frequency_cap, parse_quiet_hours
+from drip.domain.policy import quiet_hours_end
 from drip.models import Channel, Message, Purpose
-from drip.pacing import FrequencyCap, QuietHours, parse_frequency_cap, parse_quiet_hours
-from drip.policy import quiet_hours_end
-from drip.publish import enqueue_sends
-from drip.scheduler import wake_held_messages
+from drip.timer.publish import enqueue_sends
+from drip.timer.scheduler import wake_held_messages
 from tests.factories import make_contact, make_event, register_quietly
 from tests.helpers import wait_until
 

@@ -10,9 +10,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from drip import services
+from drip.engine import services
+from drip.engine.services import complete_event
 from drip.models import Channel, Contact, Event, Message, Registration, Step
-from drip.services import complete_event
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import settled, wait_until
 
@@ -211,7 +211,7 @@ def test_completing_before_the_scheduled_start_is_refused_unless_forced(db):
 
 
 def test_the_resources_email_links_what_the_completion_gave_and_promises_nothing_else(db):
-    from drip.rendering import render_message
+    from drip.delivery.rendering import render_message
 
     event = make_event(starts_in=-7200)
     registration = enroll(make_contact(), event)

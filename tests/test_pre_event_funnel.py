@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from drip import services
-from drip.consent import record_consent
+from drip.domain.consent import record_consent
+from drip.engine import services
 from drip.models import Channel, ConsentRecord, Message, Step
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import settled, wait_until

@@ -7,9 +7,9 @@ import signal
 import redis
 from django.conf import settings as django_settings
 
-from drip.direct import send_direct
+from drip.delivery.ratelimit import reserve_send_slot
+from drip.engine.direct import send_direct
 from drip.models import Channel, Message
-from drip.ratelimit import reserve_send_slot
 from tests.factories import make_contact, make_event, register_quietly
 from tests.helpers import flush_broker, wait_for_worker, wait_until, worker_process
 

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from drip.delivery.rendering import render_message, templates_version
+from drip.delivery.sender import send_batch
 from drip.models import Channel, Message
-from drip.rendering import render_message, templates_version
-from drip.sender import send_batch
 from tests.factories import enroll, make_contact, make_event
 from tests.recording import RecordingTransport
 from tests.test_fast_sender import fresh, funnel_messages
@@ -78,7 +78,7 @@ def test_a_template_that_cannot_render_is_left_to_the_sender(db, recording: Reco
     shutil.copytree(settings.MESSAGE_TEMPLATES_DIR, broken)
     (broken / "reminder_24h" / "sms.txt").write_text("{{ event.no_such_field }}")
     settings.MESSAGE_TEMPLATES_DIR = broken
-    from drip.rendering import environment
+    from drip.delivery.rendering import environment
     environment.cache_clear()
     try:
         email, sms = _reminders()

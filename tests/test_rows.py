@@ -7,7 +7,7 @@ from django.db import DataError, connection, transaction
 from django.utils import timezone
 
 from drip.models import Channel, Message
-from drip.rows import insert_rows, update_rows
+from drip.support.rows import insert_rows, update_rows
 from tests.factories import make_contact
 
 

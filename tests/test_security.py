@@ -20,11 +20,11 @@ from django.db.models import ProtectedError
 from django.test import Client
 from django.utils import timezone
 
-from drip.consent import has_consent
-from drip.inbound.tokens import make_token
+from drip.domain.consent import has_consent
+from drip.domain.pacing import parse_quiet_hours
+from drip.domain.tokens import make_token
 from drip.models import Channel, ConsentRecord, Contact, DeliveryReport, Message, Purpose, Suppression
-from drip.pacing import parse_quiet_hours
-from drip.publish import enqueue_sends
+from drip.timer.publish import enqueue_sends
 from tests.factories import make_contact
 from tests.helpers import current, wait_until
 from tests.test_inbound_email_reports import SECRET, bounce, sent_email
@@ -256,7 +256,7 @@ def test_no_address_or_number_reaches_a_log_line_whoever_wrote_it():
     """A provider's error text quotes the recipient; the handlers' filter masks it."""
     import logging
 
-    from drip.logs import RedactTokens
+    from drip.support.logs import RedactTokens
 
     record = logging.LogRecord("drip.messages", logging.ERROR, __file__, 1, "failed: %s", (
         "The 'To' number +14155550123 is not valid; Invalid 'To' address: ada.l+x@example.co.uk; see /u/abc:def/",), None)

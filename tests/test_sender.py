@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from drip.consent import has_consent
-from drip.direct import send_direct
-from drip.errors import FieldError
+from drip.delivery.sms import GSM7, UCS2, sms_segments
+from drip.domain.consent import has_consent
+from drip.engine.direct import send_direct
 from drip.models import Channel, ConsentRecord, Message
-from drip.sms import GSM7, UCS2, sms_segments
+from drip.support.errors import FieldError
 from drip.tasks import send_messages
 from tests.factories import make_contact, make_event, register_quietly
 from tests.helpers import current, wait_until
@@ -179,9 +179,9 @@ def test_sms_length_counts_encoding_and_segments():
 
 
 def test_a_send_costs_a_constant_number_of_queries(transactional_db, providers, django_assert_max_num_queries):
+    from drip.delivery.sender import send_batch
+    from drip.engine.steps import run_step_batch
     from drip.models import Step
-    from drip.sender import send_batch
-    from drip.steps import run_step_batch
     from tests.factories import enroll
 
     registration = enroll(make_contact(), make_event(starts_in=3600 * 48))

@@ -12,10 +12,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from drip import services
+from drip.domain.pacing import parse_quiet_hours
+from drip.engine import services
+from drip.engine.services import run_steps_now
 from drip.models import ConsentRecord, Contact, Event, Message, Registration, Step
-from drip.pacing import parse_quiet_hours
-from drip.services import run_steps_now
 from tests.factories import enroll, make_contact, make_event
 from tests.helpers import flush_broker
 

@@ -12,9 +12,9 @@ import time
 
 from django.utils import timezone
 
-from drip.channels import EmailTransport, TransportError, TwilioSmsTransport
+from drip.delivery.channels import EmailTransport, TransportError, TwilioSmsTransport
+from drip.delivery.rendering import Rendered
 from drip.models import Channel, Message
-from drip.rendering import Rendered
 from tests.factories import make_contact, steps_due_together
 from tests.helpers import flush_broker, wait_for_worker, wait_until, worker_process
 

@@ -111,7 +111,7 @@ def test_the_body_is_the_registrations_whole_story(get):
 
 def test_a_cancelled_registration_shows_its_reasons(get):
     registration = enroll(make_contact(), make_event())
-    from drip import services
+    from drip.engine import services
 
     services.cancel_registration(registration)
     body = get(registration.external_id).json()

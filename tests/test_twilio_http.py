@@ -17,8 +17,8 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from drip.channels import classify
-from drip.twilio_http import LeanTwilioHttpClient, form_pairs
+from drip.delivery.channels import classify
+from drip.delivery.twilio_http import LeanTwilioHttpClient, form_pairs
 
 SID = "AC" + "1" * 32
 

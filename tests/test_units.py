@@ -13,12 +13,12 @@ from django.conf import settings as django_settings
 from twilio.base.exceptions import TwilioRestException
 
 from campaigns.funnels import POST_EVENT, PRE_EVENT
-from drip import services
-from drip.channels import classify
-from drip.consent import Outcome, has_consent, record_consent
+from drip.delivery.channels import classify
+from drip.delivery.rendering import RenderError, format_when, render_message
+from drip.domain.consent import Outcome, has_consent, record_consent
+from drip.engine import services
+from drip.engine.planning import build_step
 from drip.models import Channel, ConsentRecord, Message, Step, Suppression
-from drip.planning import build_step
-from drip.rendering import RenderError, format_when, render_message
 from tests.factories import enroll, make_contact, make_event
 
 UTC = UTC
@@ -155,7 +155,7 @@ def test_every_process_enqueues_to_the_configured_broker():
 
 
 def test_a_reschedule_after_the_welcome_ran_does_not_drop_its_message(db):
-    from drip.policy import step_block
+    from drip.domain.policy import step_block
 
     registration = enroll(make_contact(), make_event(starts_in=3600 * 48))
     event = registration.event

@@ -15,12 +15,12 @@ import requests
 from django.utils import timezone
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from drip.channels import Lookup, classify, transport_for
-from drip.channels.postmark import parse_postmark_search
-from drip.channels.twilio_sms import match_twilio_messages
-from drip.direct import send_direct
+from drip.delivery.channels import Lookup, classify, transport_for
+from drip.delivery.channels.postmark import parse_postmark_search
+from drip.delivery.channels.twilio_sms import match_twilio_messages
+from drip.delivery.rendering import render_message
+from drip.engine.direct import send_direct
 from drip.models import Channel, Message
-from drip.rendering import render_message
 from drip.tasks import verify_messages
 from tests.factories import make_contact, make_event, register_quietly
 from tests.helpers import wait_until
@@ -167,9 +167,9 @@ def test_a_verify_task_lost_mid_batch_holds_only_the_row_in_hand(transactional_d
     """A verify task claims each row right before its lookup. Killed in its first lookup, it
     holds that row for two provider timeouts (then the reconciler publishes it again) and
     none of the rest: the whole batch's lease was 30 s per row, 50 minutes for 100 rows."""
-    from drip import scheduler
-    from drip.publish import broker_was_reset
-    from drip.verify import _claim
+    from drip.delivery.verify import _claim
+    from drip.timer import scheduler
+    from drip.timer.publish import broker_was_reset
     from tests.helpers import flush_broker
 
     settings.DRIP_PROVIDER_TIMEOUT = 1.0  # a lease of 2 s, past the claims' 1 s early tolerance

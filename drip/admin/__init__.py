@@ -2,7 +2,7 @@
 module per model. Staff act by Django permission (docs/security.md, "Who can do what"): viewing
 changes nothing, every action that changes data needs the model's change permission, and
 anything that reaches a provider needs `send` (drip.send_messages); every such action leaves
-an admin-log entry (drip/console/audit.py)."""
+an admin-log entry (drip/doors/console/audit.py)."""
 from __future__ import annotations
 
 from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
@@ -13,18 +13,18 @@ from django.contrib.auth.models import Group, User
 from django_celery_beat import admin as beat
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from ..inbound.admin import InboundSmsAdmin
-from ..models import ConsoleJob, Contact, Event, InboundSms, Message, Registration, Step, Suppression
-from .audit import LogEntryAdmin
-from .base import superusers_only
-from .contacts import ContactAdmin
-from .events import EventAdmin
-from .jobs import ConsoleJobAdmin
-from .messages import MessageAdmin
-from .registrations import RegistrationAdmin
-from .site import site
-from .steps import StepAdmin
-from .suppressions import SuppressionAdmin
+from drip.admin.audit import LogEntryAdmin
+from drip.admin.base import superusers_only
+from drip.admin.contacts import ContactAdmin
+from drip.admin.events import EventAdmin
+from drip.admin.inbound import InboundSmsAdmin
+from drip.admin.jobs import ConsoleJobAdmin
+from drip.admin.messages import MessageAdmin
+from drip.admin.registrations import RegistrationAdmin
+from drip.admin.site import site
+from drip.admin.steps import StepAdmin
+from drip.admin.suppressions import SuppressionAdmin
+from drip.models import ConsoleJob, Contact, Event, InboundSms, Message, Registration, Step, Suppression
 
 site.register(Contact, ContactAdmin)
 site.register(Event, EventAdmin)

@@ -1,5 +1,5 @@
 """What every console page shares: who may act (Django permissions, plus `send` for anything
-that reaches a provider). The record each action leaves is drip.console.audit's."""
+that reaches a provider). The record each action leaves is drip.doors.console.audit's."""
 from __future__ import annotations
 
 from django.contrib import admin

@@ -15,14 +15,15 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from .. import consent, erasure, services
-from ..console import csv_import, jobs, preview
-from ..console.audit import record
-from ..console.display import when
-from ..inbound.admin import SuppressedFilter, consent_now
-from ..models import Channel, ConsentRecord, Contact, Event, Suppression
-from ..validation import normalize_phone
-from .base import NoDelete, require
+from drip.admin.base import NoDelete, require
+from drip.admin.inbound import SuppressedFilter, consent_now
+from drip.domain import consent
+from drip.domain.validation import normalize_phone
+from drip.doors.console import csv_import, jobs, preview
+from drip.doors.console.audit import record
+from drip.doors.console.display import when
+from drip.engine import erasure, services
+from drip.models import Channel, ConsentRecord, Contact, Event, Suppression
 
 
 class ConsentInline(NoDelete, admin.TabularInline):
@@ -154,7 +155,7 @@ class ContactAdmin(NoDelete, admin.ModelAdmin):
         for channel in (Channel.EMAIL, Channel.SMS):
             wanted = form.cleaned_data.get(f"{channel}_consent", False)
             if wanted != consent.has_consent(obj, channel) and (change or wanted):
-                # The source ADMIN with a reason lifts a suppression on the address (drip.consent).
+                # The source ADMIN with a reason lifts a suppression on the address (drip.domain.consent).
                 done = consent.record_consent(
                     obj, channel, wanted, ConsentRecord.Source.ADMIN,
                     detail=f"admin:{username}", reason=form.cleaned_data.get("consent_reason", ""),
@@ -233,7 +234,7 @@ class ContactAdmin(NoDelete, admin.ModelAdmin):
     @admin.action(description="Erase personal data…", permissions=["change"])
     def erase_contacts(self, request: HttpRequest, queryset: QuerySet[Contact]) -> HttpResponse | None:
         """Blanks the person's fields and keeps their history and the suppression of their
-        addresses (drip.erasure); asks first, since it cannot be undone."""
+        addresses (drip.engine.erasure); asks first, since it cannot be undone."""
         contacts = list(queryset.filter(erased_at__isnull=True))
         if "apply" not in request.POST:
             return render(request, "admin/drip/erase_contacts.html", {

@@ -18,15 +18,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from .. import services
-from ..console import funnel, jobs
-from ..console.audit import record
-from ..console.display import when_short
-from ..errors import FieldError
-from ..models import Event, Registration
-from ..rendering import format_when
-from ..validation import validate_timezone
-from .base import NoDelete
+from drip.admin.base import NoDelete
+from drip.delivery.rendering import format_when
+from drip.domain.validation import validate_timezone
+from drip.doors.console import funnel, jobs
+from drip.doors.console.audit import record
+from drip.doors.console.display import when_short
+from drip.engine import services
+from drip.models import Event, Registration
+from drip.support.errors import FieldError
 
 
 class CompleteEventForm(forms.Form):
@@ -170,7 +170,7 @@ class EventAdmin(NoDelete, admin.ModelAdmin):
 
     def complete_in_background(self, request: HttpRequest, event: Event, attended: set[int],
                                completed_at: datetime | None, force: bool, total: int) -> HttpResponse | None:
-        """A large event completes in a task (drip.console.jobs) and the operator watches its
+        """A large event completes in a task (drip.doors.console.jobs) and the operator watches its
         progress page; a completion the service would refuse is refused here, at once."""
         completed_at = completed_at or timezone.now()
         try:

@@ -8,10 +8,10 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from ..console import jobs
-from ..console.audit import record
-from ..models import ConsoleJob
-from .base import NoDelete, require
+from drip.admin.base import NoDelete, require
+from drip.doors.console import jobs
+from drip.doors.console.audit import record
+from drip.models import ConsoleJob
 
 # Publishing a job again does what starting it did: it needs the permissions that start one.
 START_PERMISSIONS: dict[str, list[str]] = {

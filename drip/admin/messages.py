@@ -12,15 +12,15 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.safestring import SafeString
 
-from .. import services
-from ..console import preview
-from ..console.audit import record, record_addition
-from ..console.display import short, when_short
-from ..errors import FieldError
-from ..inbound.admin import DeliveryReportInline
-from ..models import Message, Registration
-from .base import NoDelete, SendPermission, may_send, require
-from .steps import ErrorFilter
+from drip.admin.base import NoDelete, SendPermission, may_send, require
+from drip.admin.inbound import DeliveryReportInline
+from drip.admin.steps import ErrorFilter
+from drip.doors.console import preview
+from drip.doors.console.audit import record, record_addition
+from drip.doors.console.display import short, when_short
+from drip.engine import services
+from drip.models import Message, Registration
+from drip.support.errors import FieldError
 
 MESSAGE_INTERNALS = ("claim_token", "rate_slot_at", "lost_claims", "sending_at", "verify_at", "verify_attempts",
                      "next_attempt_at", "idempotency_key", "updated_at")

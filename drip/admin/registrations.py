@@ -9,12 +9,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.safestring import SafeString
 
-from .. import services
-from ..console import preview, timeline
-from ..console.audit import record, record_addition
-from ..console.display import short, step_outcome, when, when_short
-from ..models import Event, Registration, Step
-from .base import NoDelete
+from drip.admin.base import NoDelete
+from drip.doors.console import preview, timeline
+from drip.doors.console.audit import record, record_addition
+from drip.doors.console.display import short, step_outcome, when, when_short
+from drip.engine import services
+from drip.models import Event, Registration, Step
 
 
 class StepInline(NoDelete, admin.TabularInline):

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
-from ..console import attention
+from drip.doors.console import attention
 
 
 class DripAdminSite(admin.AdminSite):

@@ -6,11 +6,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
-from .. import services
-from ..console.audit import record
-from ..console.display import short, step_outcome, when_short
-from ..models import Step
-from .base import NoDelete, SendPermission
+from drip.admin.base import NoDelete, SendPermission
+from drip.doors.console.audit import record
+from drip.doors.console.display import short, step_outcome, when_short
+from drip.engine import services
+from drip.models import Step
 
 
 class ReasonFilter(admin.SimpleListFilter):

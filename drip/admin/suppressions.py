@@ -1,5 +1,5 @@
 """Suppressions: the addresses nobody may message, whoever's contact row holds them. An
-operator lifts one only with a written reason (drip.consent.lift_suppression says who may
+operator lifts one only with a written reason (drip.domain.consent.lift_suppression says who may
 lift what); nobody adds or deletes them here."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from .. import consent
-from ..console.audit import record
-from ..models import Suppression
+from drip.domain import consent
+from drip.doors.console.audit import record
+from drip.models import Suppression
 
 
 class LiftForm(forms.Form):

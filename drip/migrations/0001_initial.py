@@ -3,7 +3,7 @@
 import django.db.models.deletion
 import django.utils.timezone
 import drip.models
-import drip.validation
+import drip.domain.validation
 from django.db import migrations, models
 
 
@@ -21,10 +21,10 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('external_id', models.CharField(default=drip.models.new_external_id, max_length=200, unique=True)),
                 ('email', models.EmailField(blank=True, max_length=254)),
-                ('phone', models.CharField(blank=True, help_text='E.164, e.g. +14155550123', max_length=20, validators=[drip.validation.validate_phone])),
+                ('phone', models.CharField(blank=True, help_text='E.164, e.g. +14155550123', max_length=20, validators=[drip.domain.validation.validate_phone])),
                 ('first_name', models.CharField(blank=True, max_length=200)),
                 ('last_name', models.CharField(blank=True, max_length=200)),
-                ('timezone', models.CharField(default='UTC', help_text='IANA name, e.g. America/New_York', max_length=64, validators=[drip.validation.validate_timezone])),
+                ('timezone', models.CharField(default='UTC', help_text='IANA name, e.g. America/New_York', max_length=64, validators=[drip.domain.validation.validate_timezone])),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
             ],
@@ -39,7 +39,7 @@ class Migration(migrations.Migration):
                 ('external_id', models.CharField(default=drip.models.new_external_id, max_length=200, unique=True)),
                 ('title', models.CharField(max_length=300)),
                 ('starts_at', models.DateTimeField(verbose_name='scheduled start')),
-                ('timezone', models.CharField(default='UTC', max_length=64, validators=[drip.validation.validate_timezone])),
+                ('timezone', models.CharField(default='UTC', max_length=64, validators=[drip.domain.validation.validate_timezone])),
                 ('join_url', models.URLField(blank=True, max_length=500)),
                 ('status', models.CharField(choices=[('scheduled', 'Scheduled'), ('cancelled', 'Cancelled'), ('completed', 'Completed')], default='scheduled', max_length=12)),
                 ('completed_at', models.DateTimeField(blank=True, null=True)),

@@ -6,7 +6,7 @@ import django.db.models.deletion
 import django.utils.timezone
 from django.db import migrations, models
 
-from drip.addresses import address_hash, normalize
+from drip.domain.addresses import address_hash, normalize
 
 
 def suppressions_from_consent(apps, schema_editor):

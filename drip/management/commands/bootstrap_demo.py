@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from drip.consent import record_consent
+from drip.domain.consent import record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event
 
 

@@ -12,11 +12,11 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 
-from drip.errors import FieldError
-from drip.logs import audit, shell_user
+from drip.domain.validation import validate_http_url
+from drip.engine.services import CompletionSummary, complete_event, resolve_attendees
 from drip.models import Event
-from drip.services import CompletionSummary, complete_event, resolve_attendees
-from drip.validation import validate_http_url
+from drip.support.errors import FieldError
+from drip.support.logs import audit, shell_user
 
 HEADERS = {"registration_id", "registrationid", "registration", "id", "email", "contact_email", "contactemail"}
 
@@ -43,7 +43,7 @@ def read_attendance_csv(path: str) -> tuple[list[str], list[str]]:
 
 
 def check_url(name: str, value: str) -> str:
-    """The API's rule for URLs (drip.validation): http(s), no user info, no control characters."""
+    """The API's rule for URLs (drip.domain.validation): http(s), no user info, no control characters."""
     try:
         validate_http_url(value)
     except ValidationError as exc:

@@ -1,14 +1,14 @@
 """`python manage.py erase_contact <contact id> [...]`: the right to erasure from the shell,
-as the console's "Erase personal data" action does it (drip.erasure)."""
+as the console's "Erase personal data" action does it (drip.engine.erasure)."""
 from __future__ import annotations
 
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from drip.erasure import erase_contact
-from drip.logs import audit, shell_user
+from drip.engine.erasure import erase_contact
 from drip.models import Contact
+from drip.support.logs import audit, shell_user
 
 
 class Command(BaseCommand):

@@ -9,10 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from drip.api import count_by_name
-from drip.errors import FieldError
-from drip.intake.apply import handle_body
-from drip.logs import audit, shell_user
+from drip.doors.api import count_by_name
+from drip.doors.intake.apply import handle_body
+from drip.support.errors import FieldError
+from drip.support.logs import audit, shell_user
 
 
 def read_payload(argument: str) -> str:

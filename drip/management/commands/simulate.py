@@ -1,6 +1,6 @@
 """`python manage.py simulate pre|post|all [--cleanup]`: the whole flow in about a minute,
 against the running services (`make run`): the real event API, the real funnels, the real
-worker. Time is fast-forwarded by making each next step due now (drip.services.run_steps_now) rather
+worker. Time is fast-forwarded by making each next step due now (drip.engine.services.run_steps_now) rather
 than by waiting, and every message is printed as the worker finishes it.
 
 Demo rows are marked: every external id starts with "sim-". `--cleanup` removes them all.
@@ -20,9 +20,9 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from drip import services
-from drip.funnels import Anchor, Funnel, FunnelStep, Trigger, started_by
-from drip.intake.apply import handle_payload
+from drip.domain.funnels import Anchor, Funnel, FunnelStep, Trigger, started_by
+from drip.doors.intake.apply import handle_payload
+from drip.engine import services
 from drip.models import ConsentRecord, Contact, DeliveryReport, Event, Message, Registration, Step
 
 DEMO_PREFIX = "sim-"
@@ -75,7 +75,7 @@ def when_label(funnel: Funnel, definition: FunnelStep) -> str:
 def remove_demo_rows() -> Counter[str]:
     """Every row a simulation created: events, contacts and registrations marked "sim-",
     their steps, messages, reports and consent records. Deleted explicitly, history first:
-    real rows are never deleted (PROTECT; drip.erasure), but demo rows are nobody's."""
+    real rows are never deleted (PROTECT; drip.engine.erasure), but demo rows are nobody's."""
     removed: Counter[str] = Counter()
     demo = DEMO_PREFIX
     registrations = Q(contact__external_id__startswith=demo) | Q(event__external_id__startswith=demo)

@@ -1,3 +1,0 @@
-"""The operator's console on top of the Django admin: a registration's timeline, an event's
-funnel, what needs attention, template previews. Read-only helpers and the admin's views;
-every change still goes through drip.services (or drip.direct for a test send)."""

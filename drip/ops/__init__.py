@@ -1,0 +1,1 @@
+"""For operators' monitors: /healthz and /metrics."""
