@@ -7,7 +7,7 @@ class CampaignsConfig(AppConfig):
 
     def ready(self) -> None:
         # The engine knows no funnel of its own: these tables are the ones it runs.
-        from drip.funnels import register
+        from drip.domain.funnels import register
 
         from .funnels import FUNNELS
 

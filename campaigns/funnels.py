@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from drip.funnels import ATTENDED, NO_SHOW, Anchor, Funnel, FunnelStep, Purpose, Trigger
+from drip.domain.funnels import ATTENDED, NO_SHOW, Anchor, Funnel, FunnelStep, Purpose, Trigger
 from drip.models import Channel, Event
 
 EMAIL = Channel.EMAIL
