@@ -262,3 +262,14 @@ def test_no_address_or_number_reaches_a_log_line_whoever_wrote_it():
         "The 'To' number +14155550123 is not valid; Invalid 'To' address: ada.l+x@example.co.uk; see /u/abc:def/",), None)
     assert RedactTokens().filter(record)
     assert record.getMessage() == "failed: The 'To' number …0123 is not valid; Invalid 'To' address: a***@example.co.uk; see /u/[token]/"
+
+
+def test_one_key_for_every_spelling_of_an_address():
+    from drip.domain.addresses import address_hash, normalize
+
+    assert normalize("sms", "+14155550123") == "+14155550123"  # stored numbers skip phonenumbers
+    assert normalize("sms", "+1 (415) 555-0123") == "+14155550123"
+    assert normalize("email", " UMA@Example.COM ") == "uma@example.com"
+    assert normalize("email", "ada@bücher.example") == "ada@xn--bcher-kva.example"
+    assert address_hash("k", "email", "UMA@example.com") == address_hash("k", "email", "uma@EXAMPLE.com")
+    assert address_hash("k", "email", "uma@example.com") != address_hash("other", "email", "uma@example.com")

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from functools import lru_cache
 
 from django.core.exceptions import ValidationError
 
 from drip.domain.validation import normalize_phone
 
 EMAIL, SMS = "email", "sms"  # drip.models.Channel's values (models imports this module's users)
+# Already E.164, as every stored number is: no need for phonenumbers' parse (0.15 ms a number).
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 def normalize_email(address: str) -> str:
@@ -33,12 +37,15 @@ def normalize_email(address: str) -> str:
 def normalize(channel: str, address: str) -> str:
     if channel == EMAIL:
         return normalize_email(address)
+    if E164.fullmatch(address):
+        return address
     try:
         return normalize_phone(address)
     except ValidationError:
         return address.strip()
 
 
+@lru_cache(maxsize=65536)  # a send batch or an enrollment list asks for the same addresses again
 def address_hash(key: str, channel: str, address: str) -> str:
     """HMAC-SHA256 of the channel and normal form: the same for every spelling, unreadable
     without the installation's key."""
