@@ -26,14 +26,13 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from functools import partial
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from drip.models import Message, Step, Worker
-from drip.timer.publish import enqueue_sends
+from drip.timer.publish import enqueue_sends, enqueue_when_due
 from drip.timer.scheduler import in_batches, rearm_steps
 
 log = logging.getLogger("drip.failover")
@@ -81,10 +80,5 @@ def _take_back(ids: list[int], workers: list[int], now: datetime) -> int:
     with transaction.atomic():
         Message.objects.filter(id__in=ids).take_back_from(workers, token, now)
         taken = list(Message.objects.filter(id__in=ids, claim_token=token).values_list("id", "channel", "next_attempt_at"))
-        # One waiting out a retry or a rate-limit slot keeps its time (the sender would not
-        # claim it early anyway); the rest goes now.
-        transaction.on_commit(partial(enqueue_sends, [(mid, channel) for mid, channel, at in taken if at <= now]))
-        for mid, channel, at in taken:
-            if at > now:
-                transaction.on_commit(partial(enqueue_sends, [(mid, channel)], eta=at))
+        enqueue_when_due(enqueue_sends, taken, now)
     return len(taken)

@@ -17,14 +17,16 @@ tells the reconciler when the broker lost everything it held.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import cast
 
 import amqp
 import redis
 from celery.utils.functional import chunks
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import ChannelError
 from kombu.transport.native_delayed_delivery import (
@@ -65,6 +67,19 @@ def enqueue_sends(
     for channel, ids in sorted(by_channel.items()):
         for batch in batches(ids, _size(batch_size, settings.DRIP_SEND_BATCH)):
             _send(SEND_MESSAGES, batch, eta, queue=send_queue(channel))
+
+
+def enqueue_when_due(
+    enqueue: Callable[..., None], rows: Iterable[tuple[int, str, datetime]], now: datetime
+) -> None:
+    """Recovered (id, channel, due) rows, each at its time, after commit: those due now in
+    batches, one waiting out a retry, a rate-limit slot or a lookup's delay with its own ETA
+    (its claim would refuse it earlier anyway; a duplicate task is harmless)."""
+    rows = list(rows)
+    transaction.on_commit(partial(enqueue, [(mid, channel) for mid, channel, at in rows if at <= now]))
+    for mid, channel, at in rows:
+        if at > now:
+            transaction.on_commit(partial(enqueue, [(mid, channel)], eta=at))
 
 
 def enqueue_console_job(job_id: int) -> None:

@@ -31,6 +31,7 @@ from drip.timer.publish import (
     enqueue_sends,
     enqueue_steps,
     enqueue_verifications,
+    enqueue_when_due,
     waiting_tasks,
 )
 
@@ -241,11 +242,7 @@ def _reenqueue_lost_messages(now: datetime, stale: datetime, everything: bool, b
             # One waiting out a retry backoff keeps its time (the sender won't claim it
             # early). Duplicate tasks are harmless: the claim decides.
             Message.objects.filter(id__in=ids).overdue_now(now)
-            due_now = [(mid, channel) for mid, channel, at in rows if at <= now]
-            waiting = [(mid, channel, at) for mid, channel, at in rows if at > now]
-            transaction.on_commit(partial(enqueue_sends, due_now))
-            for mid, channel, at in waiting:
-                transaction.on_commit(partial(enqueue_sends, [(mid, channel)], eta=at))
+            enqueue_when_due(enqueue_sends, rows, now)
         total += len(rows)
     return total
 
@@ -281,9 +278,6 @@ def _reenqueue_lost_verifications(now: datetime, stale: datetime, everything: bo
         ids = [mid for mid, _, _ in rows]
         with transaction.atomic():
             Message.objects.filter(id__in=ids).verify_overdue_now(now)
-            transaction.on_commit(partial(enqueue_verifications, [(mid, ch) for mid, ch, at in rows if at <= now]))
-            for mid, channel, at in rows:
-                if at > now:
-                    transaction.on_commit(partial(enqueue_verifications, [(mid, channel)], eta=at))
+            enqueue_when_due(enqueue_verifications, rows, now)
         total += len(rows)
     return total
