@@ -10,9 +10,11 @@ no marker; an explicit @pytest.mark.unit / integration / system wins:
 A test outside the system layer that starts a process anyway fails, naming the marker to add."""
 from __future__ import annotations
 
+import json
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -20,7 +22,7 @@ from celery.signals import before_task_publish
 
 from celery_app import app as celery_app_instance
 from drip.models import Channel
-from tests.helpers import QUEUES, SCALE, Ticker, flush_broker
+from tests.helpers import API_TOKEN, QUEUES, SCALE, Ticker, flush_broker
 from tests.recording import RecordingTransport
 from tests.stubs import ProviderStub
 
@@ -127,6 +129,19 @@ def providers(settings, stub: ProviderStub) -> ProviderStub:
     settings.DRIP_RETRY_BASE_DELAY = 0.2
     settings.DRIP_RETRY_MAX_DELAY = 1.0
     return stub
+
+
+@pytest.fixture
+def api(client, settings, db) -> Callable[..., Any]:
+    """POST /api/events as a producer does, with the bearer token set up (tests.helpers.API_TOKEN)."""
+    settings.DRIP_API_TOKEN = API_TOKEN
+
+    def post(body: Any, token: str | None = API_TOKEN, path: str = "/api/events") -> Any:
+        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return client.post(path, data=data, content_type="application/json", headers=headers)
+
+    return post
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from drip.models import Contact, Message, Registration, Step
 ROOT = Path(__file__).resolve().parent.parent
 # Every queue a worker consumes (celery_app.ALL_QUEUES): control, steps, email, sms.
 QUEUES = ["control", "steps", "email", "sms"]
+# The producer's bearer token in tests (the `api` fixture, tests/conftest.py).
+API_TOKEN = "s3cret-token"
 # 24 h of funnel time pass in 4 s of real time; 1 h in about 0.17 s.
 SCALE = 21600
 

@@ -20,22 +20,10 @@ from hypothesis import strategies as st
 from drip.domain.consent import has_consent, record_consent
 from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
 from tests.factories import enroll, make_contact, make_event
-from tests.helpers import flush_broker
+from tests.helpers import API_TOKEN, flush_broker
 
-TOKEN = "s3cret-token"
+TOKEN = API_TOKEN
 IN_TWO_DAYS = (timezone.now() + timedelta(days=2)).replace(microsecond=0)
-
-
-@pytest.fixture
-def api(client, settings, db):
-    settings.DRIP_API_TOKEN = TOKEN
-
-    def post(body: Any, token: str | None = TOKEN, path: str = "/api/events") -> Any:
-        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        return client.post(path, data=data, content_type="application/json", headers=headers)
-
-    return post
 
 
 def enrolled(**overrides: Any) -> dict[str, Any]:

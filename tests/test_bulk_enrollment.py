@@ -4,7 +4,6 @@ it did, errors name the item's field and write nothing; in a number of queries t
 grow with the list."""
 from __future__ import annotations
 
-import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -19,20 +18,8 @@ from drip.doors.intake.parse import parse_events
 from drip.models import Channel, ConsentRecord, Contact, Event, Message, Registration, Step
 from tests.factories import enroll, make_contact, make_event
 
-TOKEN = "s3cret-token"
 STOPPED_PHONE = "+14155550177"  # the number that texted STOP (the suppression is the number's)
 START = (timezone.now() + timedelta(days=2)).replace(microsecond=0)
-
-
-@pytest.fixture
-def api(client, settings, db):
-    settings.DRIP_API_TOKEN = TOKEN
-
-    def post(body: Any) -> Any:
-        return client.post("/api/events", data=json.dumps(body), content_type="application/json",
-                           headers={"Authorization": f"Bearer {TOKEN}"})
-
-    return post
 
 
 def enrolled(n: int | str, **overrides: Any) -> dict[str, Any]:

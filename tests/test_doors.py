@@ -5,7 +5,6 @@ a 400 (or a form error) naming the field, and nothing is written. The same valid
 (drip/domain/validation.py) serve the API, the CSV import, the console's forms and the webhooks."""
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
@@ -28,7 +27,6 @@ from drip.doors.console import csv_import
 from drip.models import ConsentRecord, Contact, Event, Message, Registration, Step
 from tests.factories import make_event
 
-TOKEN = "d00rs-token"
 IN_TWO_DAYS = (timezone.now() + timedelta(days=2)).replace(microsecond=0)
 
 QUOTED = '"victim@evil.example,x"@example.com'
@@ -54,17 +52,6 @@ def enrolled(**overrides: Any) -> dict[str, Any]:
 def completed(**overrides: Any) -> dict[str, Any]:
     data = {"eventId": "e-known", "completedAt": timezone.now().replace(microsecond=0).isoformat(), **overrides}
     return {"name": "event.completed", "data": data}
-
-
-@pytest.fixture
-def api(client, settings, db):
-    settings.DRIP_API_TOKEN = TOKEN
-
-    def post(body: Any) -> Any:
-        return client.post("/api/events", data=json.dumps(body), content_type="application/json",
-                           headers={"Authorization": f"Bearer {TOKEN}"})
-
-    return post
 
 
 # --- the API: every row of the issue's table, and its neighbours -------------------------

@@ -67,8 +67,7 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
             message.pk = pk
         by_due: dict[datetime, list[tuple[int, str]]] = defaultdict(list)
         for m in messages:
-            if m.status == Message.Status.QUEUED:
-                by_due[m.next_attempt_at].append((m.pk, m.channel))
+            by_due[m.next_attempt_at].append((m.pk, m.channel))
         for due, pairs in by_due.items():
             transaction.on_commit(partial(enqueue_sends, pairs, eta=due if due > now else None))
     _log_outcomes(blocked, runnable, messages, now)
@@ -77,10 +76,8 @@ def _run_claimed(step_ids: list[int], token: str, now: datetime) -> None:
 def _log_outcomes(blocked: list[tuple[Step, Block]], runnable: list[Step], messages: list[Message], now: datetime) -> None:
     for step, block in blocked:
         step_log(step).info("step %s %s: %s", step.key, block.status, block.reason)
-    for m in messages:
-        if m.status == Message.Status.SKIPPED and m.step is not None:
-            step_log(m.step).info("step %s: %s message skipped: %s", m.step.key, m.channel, m.error)
-    per_step = Counter(m.step_id for m in messages if m.status == Message.Status.QUEUED)
+    # Every message leaves queued: the sender decides consent and the rest at the send.
+    per_step = Counter(m.step_id for m in messages)
     for step in runnable:
         step_log(step).info("step %s done at %s (%d queued)", step.key, now.isoformat(), per_step[step.id])
 
